@@ -1,0 +1,104 @@
+//! Image files (PNG, JPEG) → 8-bit RGB, with limits so hostile files fail cleanly.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageReader, Limits};
+
+use crate::error::{Error, Result};
+
+/// Largest accepted side, in pixels. Medical 2D images rarely exceed 4k; 16k leaves room for
+/// whole-slide tiles while keeping a decoded image under 1 GiB.
+pub const MAX_SIDE: u32 = 16_384;
+/// Upper bound on memory the decoder may allocate.
+pub const MAX_DECODE_BYTES: u64 = 1 << 30;
+
+/// An 8-bit RGB image, row-major, 3 bytes per pixel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
+}
+
+impl RgbImage {
+    pub fn new(width: u32, height: u32, pixels: Vec<u8>) -> Result<Self> {
+        if width == 0 || height == 0 {
+            return Err(Error::Image(format!("the image is empty ({width}×{height} pixels)")));
+        }
+        if pixels.len() != width as usize * height as usize * 3 {
+            return Err(Error::Image("pixel buffer does not match the image size".into()));
+        }
+        Ok(Self { width, height, pixels })
+    }
+}
+
+/// Decodes PNG or JPEG bytes. Gray images are repeated over the three channels; images with
+/// more than 8 bits per sample are min-max scaled to 0..255 (the model normalises the same way,
+/// so no contrast is lost to an arbitrary window); alpha is dropped.
+pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
+    if bytes.is_empty() {
+        return Err(Error::Image("the file is empty".into()));
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::Image(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(Error::Image("not a PNG or JPEG file".into()));
+    }
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let decoded = reader.decode().map_err(|e| Error::Image(e.to_string()))?;
+    let (width, height) = (decoded.width(), decoded.height());
+    if width == 0 || height == 0 {
+        return Err(Error::Image(format!("the image is empty ({width}×{height} pixels)")));
+    }
+    let pixels = match decoded {
+        DynamicImage::ImageLuma8(_) | DynamicImage::ImageLumaA8(_) | DynamicImage::ImageRgb8(_) | DynamicImage::ImageRgba8(_) => {
+            decoded.to_rgb8().into_raw()
+        }
+        wide => rescale_to_u8(&wide.to_rgb32f().into_raw()),
+    };
+    RgbImage::new(width, height, pixels)
+}
+
+/// Linear min-max map of samples to 0..255, rounding to nearest.
+fn rescale_to_u8(samples: &[f32]) -> Vec<u8> {
+    let (lo, hi) = samples.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    if !(hi > lo) {
+        return vec![0; samples.len()];
+    }
+    let scale = 255.0 / (hi as f64 - lo as f64);
+    samples.iter().map(|&v| ((v as f64 - lo as f64) * scale).round() as u8).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageBuffer, ImageFormat, Luma};
+
+    fn encode_png(image: DynamicImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        image.write_to(&mut Cursor::new(&mut out), ImageFormat::Png).unwrap();
+        out
+    }
+
+    #[test]
+    fn gray16_is_stretched_to_full_range() {
+        let gray = ImageBuffer::<Luma<u16>, _>::from_fn(4, 1, |x, _| Luma([1000 + 1000 * x as u16]));
+        let image = decode_image(&encode_png(DynamicImage::ImageLuma16(gray))).unwrap();
+        let reds: Vec<u8> = image.pixels.chunks(3).map(|p| p[0]).collect();
+        assert_eq!(reds, vec![0, 85, 170, 255]);
+        assert!(image.pixels.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]));
+    }
+
+    #[test]
+    fn bad_bytes_are_errors_not_panics() {
+        assert!(matches!(decode_image(b""), Err(Error::Image(_))));
+        assert!(matches!(decode_image(b"hello, not an image"), Err(Error::Image(_))));
+        let png = encode_png(DynamicImage::new_rgb8(8, 8));
+        assert!(matches!(decode_image(&png[..png.len() / 2]), Err(Error::Image(_))));
+    }
+}

@@ -1,0 +1,182 @@
+//! Binary masks: thresholding, geometry, PNG output and the overlay drawn for people.
+
+use std::io::Cursor;
+
+use image::{GrayImage, ImageFormat, RgbImage as ImgRgb};
+
+use super::decode::RgbImage;
+use super::preprocess::PixelBox;
+use crate::error::{Error, Result};
+
+/// A binary mask at image resolution: one byte per pixel, 0 or 1, row-major.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mask {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
+
+impl Mask {
+    /// Foreground where the logit is positive (probability above 0.5).
+    pub fn from_logits(width: u32, height: u32, logits: &[f32]) -> Self {
+        debug_assert_eq!(logits.len(), width as usize * height as usize);
+        Self { width, height, data: logits.iter().map(|&v| u8::from(v > 0.0)).collect() }
+    }
+
+    /// Foreground where the 8-bit value is non-zero (for mask PNGs).
+    pub fn from_gray(image: &GrayImage) -> Self {
+        Self { width: image.width(), height: image.height(), data: image.as_raw().iter().map(|&v| u8::from(v > 0)).collect() }
+    }
+
+    pub fn area(&self) -> u64 {
+        self.data.iter().map(|&v| v as u64).sum()
+    }
+
+    /// Tight box around the foreground, `x1`/`y1` exclusive; `None` for an empty mask.
+    pub fn bounding_box(&self) -> Option<PixelBox> {
+        let w = self.width as usize;
+        let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+        for (i, _) in self.data.iter().enumerate().filter(|(_, &v)| v != 0) {
+            let (x, y) = (i % w, i / w);
+            x0 = x0.min(x);
+            y0 = y0.min(y);
+            x1 = x1.max(x + 1);
+            y1 = y1.max(y + 1);
+        }
+        (x0 != usize::MAX).then(|| PixelBox::new(x0 as f32, y0 as f32, x1 as f32, y1 as f32))
+    }
+
+    /// Intersection over union with a mask of the same size (1.0 when both are empty).
+    pub fn iou(&self, other: &Mask) -> f64 {
+        assert_eq!((self.width, self.height), (other.width, other.height), "masks of different sizes");
+        let (mut inter, mut union) = (0u64, 0u64);
+        for (&a, &b) in self.data.iter().zip(&other.data) {
+            inter += (a & b) as u64;
+            union += (a | b) as u64;
+        }
+        if union == 0 { 1.0 } else { inter as f64 / union as f64 }
+    }
+
+    /// The mask as an 8-bit PNG with values {0, 255}.
+    pub fn to_png(&self) -> Result<Vec<u8>> {
+        let gray = GrayImage::from_raw(self.width, self.height, self.data.iter().map(|&v| v * 255).collect())
+            .ok_or_else(|| Error::Other("mask buffer does not match its size".into()))?;
+        encode_png(image::DynamicImage::ImageLuma8(gray))
+    }
+
+    fn is_edge(&self, x: usize, y: usize) -> bool {
+        let (w, h) = (self.width as usize, self.height as usize);
+        if self.data[y * w + x] == 0 {
+            return false;
+        }
+        x == 0 || y == 0 || x + 1 == w || y + 1 == h
+            || self.data[y * w + x - 1] == 0
+            || self.data[y * w + x + 1] == 0
+            || self.data[(y - 1) * w + x] == 0
+            || self.data[(y + 1) * w + x] == 0
+    }
+}
+
+/// Colours and opacity of the overlay.
+#[derive(Debug, Clone, Copy)]
+pub struct OverlayStyle {
+    pub fill: [u8; 3],
+    pub fill_opacity: f32,
+    pub outline: [u8; 3],
+    pub box_colour: [u8; 3],
+}
+
+impl Default for OverlayStyle {
+    fn default() -> Self {
+        Self { fill: [0, 200, 255], fill_opacity: 0.35, outline: [255, 230, 0], box_colour: [255, 64, 64] }
+    }
+}
+
+/// The image with the mask filled and outlined and `boxes` drawn on top, as a PNG.
+pub fn overlay_png(image: &RgbImage, mask: &Mask, boxes: &[PixelBox], style: OverlayStyle) -> Result<Vec<u8>> {
+    if (image.width, image.height) != (mask.width, mask.height) {
+        return Err(Error::Other("mask and image sizes differ".into()));
+    }
+    let (w, h) = (image.width as usize, image.height as usize);
+    let mut out = image.pixels.clone();
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            let px = &mut out[i * 3..i * 3 + 3];
+            if mask.is_edge(x, y) {
+                px.copy_from_slice(&style.outline);
+            } else if mask.data[i] != 0 {
+                for c in 0..3 {
+                    px[c] = (px[c] as f32 * (1.0 - style.fill_opacity) + style.fill[c] as f32 * style.fill_opacity).round() as u8;
+                }
+            }
+        }
+    }
+    let thickness = ((w.max(h) as f32 / 400.0).ceil() as usize).max(1);
+    for b in boxes {
+        draw_rectangle(&mut out, w, h, b, thickness, style.box_colour);
+    }
+    let rgb = ImgRgb::from_raw(image.width, image.height, out).expect("same size as the input image");
+    encode_png(image::DynamicImage::ImageRgb8(rgb))
+}
+
+fn draw_rectangle(pixels: &mut [u8], w: usize, h: usize, b: &PixelBox, thickness: usize, colour: [u8; 3]) {
+    let clamp_x = |v: f32| (v.max(0.0) as usize).min(w - 1);
+    let clamp_y = |v: f32| (v.max(0.0) as usize).min(h - 1);
+    let (x0, y0, x1, y1) = (clamp_x(b.x0), clamp_y(b.y0), clamp_x(b.x1 - 1.0), clamp_y(b.y1 - 1.0));
+    let mut paint = |x: usize, y: usize| pixels[(y * w + x) * 3..(y * w + x) * 3 + 3].copy_from_slice(&colour);
+    for t in 0..thickness {
+        for x in x0..=x1 {
+            paint(x, (y0 + t).min(h - 1));
+            paint(x, y1.saturating_sub(t));
+        }
+        for y in y0..=y1 {
+            paint((x0 + t).min(w - 1), y);
+            paint(x1.saturating_sub(t), y);
+        }
+    }
+}
+
+fn encode_png(image: image::DynamicImage) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    image
+        .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+        .map_err(|e| Error::Other(format!("cannot encode PNG: {e}")))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn square_mask() -> Mask {
+        // 4×3 image with foreground at x 1..3, y 1..2.
+        Mask::from_logits(4, 3, &[-1., -1., -1., -1., -1., 2., 3., -1., -1., -1., -1., -1.])
+    }
+
+    #[test]
+    fn box_is_tight_and_exclusive() {
+        let m = square_mask();
+        assert_eq!(m.area(), 2);
+        assert_eq!(m.bounding_box().unwrap().as_array(), [1.0, 1.0, 3.0, 2.0]);
+        assert!(Mask::from_logits(2, 1, &[-1.0, 0.0]).bounding_box().is_none());
+    }
+
+    #[test]
+    fn iou_counts_overlap() {
+        let a = square_mask();
+        let mut b = a.clone();
+        b.data[6] = 0;
+        b.data[7] = 1;
+        assert!((a.iou(&b) - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(a.iou(&a), 1.0);
+    }
+
+    #[test]
+    fn png_round_trips() {
+        let m = square_mask();
+        let png = m.to_png().unwrap();
+        let decoded = image::load_from_memory(&png).unwrap().to_luma8();
+        assert_eq!(Mask::from_gray(&decoded), m);
+    }
+}

@@ -1,0 +1,16 @@
+//! medsee: medical reasoning segmentation that runs on the user's own device.
+//!
+//! Data flows one way, and the modules follow it:
+//! bytes → [`image`] (decode, preprocess) → [`sam`] (LiteMedSAM: embedding, prompts, masks)
+//! → [`segment`] (the engine: box → mask) → mask / box / overlay.
+//! [`weights`] holds everything that knows checkpoint formats and key names.
+
+pub mod error;
+pub mod image;
+pub mod sam;
+pub mod segment;
+pub mod weights;
+
+pub use error::{Error, Result};
+pub use segment::{BoxSegmentation, BoxSegmenter, ImageEmbedding};
+pub use weights::Variant;

@@ -1,0 +1,161 @@
+//! The `medsee` command line: the same engine as the page, on native CPU.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use burn::tensor::Device;
+use clap::{Args, Parser, Subcommand};
+use medsee::image::mask::{overlay_png, OverlayStyle};
+use medsee::image::{decode_image, PixelBox};
+use medsee::weights::convert::{convert_litemedsam, ModelPaths};
+use medsee::{BoxSegmenter, Error, Result, Variant};
+
+mod bench;
+
+#[derive(Parser)]
+#[command(name = "medsee", version, about = "Medical image segmentation that runs on your own device")]
+struct Cli {
+    /// Folder holding `sources/` and `converted/` (default: this checkout's models/, or $MEDSEE_MODELS).
+    #[arg(long, global = true)]
+    models: Option<PathBuf>,
+    /// CPU threads for the model (default 2).
+    #[arg(long, global = true, default_value_t = 2)]
+    threads: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert the fetched source weights into Burn records (f32 and quantised).
+    Convert {
+        /// Convert again even if the outputs are up to date.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Segment the object inside a box (MedSAM-style box prompt).
+    Segment(SegmentArgs),
+    /// Benchmarks that print a table and write JSON.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+#[derive(Args)]
+struct SegmentArgs {
+    /// PNG or JPEG image.
+    image: PathBuf,
+    /// Box around the object in pixels: x0,y0,x1,y1.
+    #[arg(long = "box", value_parser = parse_box)]
+    bbox: PixelBox,
+    /// Where to write the mask PNG (values 0/255).
+    #[arg(long, default_value = "mask.png")]
+    out: PathBuf,
+    /// Also write the image with the mask and box drawn on it.
+    #[arg(long)]
+    overlay: Option<PathBuf>,
+    /// Also write a JSON summary (box, mask box, area, predicted IoU, timings).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Weights to use.
+    #[arg(long, default_value = "q8", value_parser = parse_variant)]
+    variant: Variant,
+}
+
+fn parse_box(text: &str) -> std::result::Result<PixelBox, String> {
+    let values: Vec<f32> = text
+        .split(',')
+        .map(|v| v.trim().parse::<f32>().map_err(|_| format!("{v:?} is not a number")))
+        .collect::<std::result::Result<_, _>>()?;
+    match values.as_slice() {
+        [x0, y0, x1, y1] => Ok(PixelBox::new(*x0, *y0, *x1, *y1)),
+        _ => Err(format!("expected 4 numbers x0,y0,x1,y1, got {}", values.len())),
+    }
+}
+
+fn parse_variant(text: &str) -> std::result::Result<Variant, String> {
+    text.parse().map_err(|e: Error| e.to_string())
+}
+
+fn model_paths(cli_models: &Option<PathBuf>) -> ModelPaths {
+    match cli_models {
+        Some(root) => ModelPaths::under(root),
+        None => ModelPaths::from_env_or(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models")),
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}
+
+fn segment(paths: &ModelPaths, args: &SegmentArgs) -> Result<()> {
+    let bytes = std::fs::read(&args.image).map_err(|e| Error::io(&args.image, e))?;
+    let image = decode_image(&bytes)?;
+    // Check the box before paying for the encoder.
+    args.bbox.validated(image.width, image.height)?;
+    let started = Instant::now();
+    let segmenter = BoxSegmenter::load(&paths.converted, args.variant, Device::flex())?;
+    let load_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let embedding = segmenter.encode(&image);
+    let result = futures_lite::future::block_on(segmenter.segment_box(&embedding, args.bbox))?;
+    let total_s = started.elapsed().as_secs_f64();
+
+    write_file(&args.out, &result.mask.to_png()?)?;
+    if let Some(path) = &args.overlay {
+        write_file(path, &overlay_png(&image, &result.mask, &[result.prompt], OverlayStyle::default())?)?;
+    }
+    let summary = serde_json::json!({
+        "image": args.image,
+        "width": image.width,
+        "height": image.height,
+        "variant": args.variant,
+        "box_prompt": result.prompt.as_array(),
+        "mask_box": result.mask_box.map(|b| b.as_array()),
+        "mask_area": result.mask.area(),
+        "iou_prediction": result.iou_prediction,
+        "seconds": { "load": load_s, "encode_and_decode": total_s },
+    });
+    if let Some(path) = &args.json {
+        write_file(path, serde_json::to_string_pretty(&summary).expect("json").as_bytes())?;
+    }
+    println!(
+        "mask: {} pixels, predicted IoU {:.3}, {:.2}s → {}",
+        result.mask.area(),
+        result.iou_prediction,
+        total_s,
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(cli.threads.max(1))
+        .build_global()
+        .map_err(|e| Error::Other(format!("cannot start {} threads: {e}", cli.threads)))?;
+    let paths = model_paths(&cli.models);
+    match cli.command {
+        Command::Convert { force } => {
+            let mut log = |line: &str| println!("convert: {line}");
+            convert_litemedsam(&paths, &Device::flex(), force, &mut log)?;
+            println!("convert: done → {}", paths.converted.display());
+            Ok(())
+        }
+        Command::Segment(args) => segment(&paths, &args),
+        Command::Bench { which } => bench::run(which, &paths, cli.threads),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("medsee: error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

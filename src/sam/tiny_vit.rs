@@ -1,0 +1,409 @@
+//! TinyViT-5M image encoder as LiteMedSAM configures it (`tiny_vit_sam.py`): 256×256 RGB in,
+//! 256×64×64 embedding out.
+//!
+//! Every `Conv2d_BN` of the reference is a plain convolution with bias here: the batch norm is
+//! folded into the convolution when the weights are converted (`weights::litemedsam`), which
+//! removes ~30 normalisation passes over full-resolution feature maps.
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::ops::PadMode;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::common::LayerNorm2d;
+
+/// Shape of the encoder. `Default` is LiteMedSAM's TinyViT-5M.
+#[derive(Debug, Clone)]
+pub struct TinyVitConfig {
+    pub image_size: usize,
+    pub embed_dims: [usize; 4],
+    pub depths: [usize; 4],
+    pub num_heads: [usize; 4],
+    pub window_sizes: [usize; 4],
+    pub mlp_ratio: usize,
+    pub mbconv_expand_ratio: usize,
+    pub out_channels: usize,
+}
+
+impl Default for TinyVitConfig {
+    fn default() -> Self {
+        Self {
+            image_size: 256,
+            embed_dims: [64, 128, 160, 320],
+            depths: [2, 2, 6, 2],
+            num_heads: [2, 4, 5, 10],
+            window_sizes: [7, 7, 14, 7],
+            mlp_ratio: 4,
+            mbconv_expand_ratio: 4,
+            out_channels: 256,
+        }
+    }
+}
+
+impl TinyVitConfig {
+    /// Side of the feature map entering stage `i`. LiteMedSAM keeps full resolution in the
+    /// patch embedding, halves it twice, and does not downsample into the last stage.
+    fn stage_resolution(&self, stage: usize) -> usize {
+        let halvings = if stage == 3 { 2 } else { stage };
+        self.image_size >> halvings
+    }
+
+    pub fn embedding_size(&self) -> usize {
+        self.stage_resolution(3)
+    }
+
+    pub fn init(&self, device: &Device) -> TinyVit {
+        let dims = self.embed_dims;
+        let patch_embed = PatchEmbed {
+            conv1: conv(3, dims[0] / 2, 1, 1, 1, device),
+            conv2: conv(dims[0] / 2, dims[0], 1, 1, 1, device),
+        };
+        let conv_stage = ConvStage {
+            blocks: (0..self.depths[0])
+                .map(|_| MbConv::new(dims[0], dims[0] * self.mbconv_expand_ratio, device))
+                .collect(),
+            downsample: PatchMerging::new(dims[0], dims[1], 2, device),
+        };
+        let attention_stages = (1..4)
+            .map(|stage| {
+                let dim = dims[stage];
+                let blocks = (0..self.depths[stage])
+                    .map(|_| {
+                        TinyVitBlock::new(
+                            dim,
+                            self.num_heads[stage],
+                            self.window_sizes[stage],
+                            self.mlp_ratio,
+                            self.stage_resolution(stage),
+                            device,
+                        )
+                    })
+                    .collect();
+                // The last merge keeps the 64×64 grid (the reference hard-codes stride 1 for 320 channels).
+                let downsample = (stage < 3).then(|| {
+                    let stride = if stage == 2 { 1 } else { 2 };
+                    PatchMerging::new(dim, dims[stage + 1], stride, device)
+                });
+                AttentionStage { blocks, downsample, resolution: self.stage_resolution(stage) }
+            })
+            .collect();
+        let out = self.out_channels;
+        TinyVit {
+            patch_embed,
+            conv_stage,
+            attention_stages,
+            neck_conv1: Conv2dConfig::new([dims[3], out], [1, 1]).with_bias(false).init(device),
+            neck_norm1: LayerNorm2d::new(out, device),
+            neck_conv2: Conv2dConfig::new([out, out], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_bias(false)
+                .init(device),
+            neck_norm2: LayerNorm2d::new(out, device),
+            embedding_size: self.embedding_size(),
+        }
+    }
+}
+
+/// A convolution whose batch norm has been folded in (bias always present).
+fn conv(c_in: usize, c_out: usize, kernel: usize, stride: usize, groups: usize, device: &Device) -> Conv2d {
+    let pad = kernel / 2;
+    Conv2dConfig::new([c_in, c_out], [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_groups(groups)
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .init(device)
+}
+
+#[derive(Module, Debug)]
+pub struct TinyVit {
+    pub patch_embed: PatchEmbed,
+    pub conv_stage: ConvStage,
+    pub attention_stages: Vec<AttentionStage>,
+    pub neck_conv1: Conv2d,
+    pub neck_norm1: LayerNorm2d,
+    pub neck_conv2: Conv2d,
+    pub neck_norm2: LayerNorm2d,
+    pub embedding_size: usize,
+}
+
+impl TinyVit {
+    /// `image`: `[B, 3, 256, 256]`, normalised to [0, 1]. Returns `[B, 256, 64, 64]`.
+    pub fn forward(&self, image: Tensor<4>) -> Tensor<4> {
+        let x = self.patch_embed.forward(image);
+        let mut tokens = self.conv_stage.forward(x);
+        for stage in &self.attention_stages {
+            tokens = stage.forward(tokens);
+        }
+        let [batch, _, channels] = tokens.dims();
+        let side = self.embedding_size;
+        let x = tokens.reshape([batch, side, side, channels]).permute([0, 3, 1, 2]);
+        let x = self.neck_norm1.forward(self.neck_conv1.forward(x));
+        self.neck_norm2.forward(self.neck_conv2.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct PatchEmbed {
+    pub conv1: Conv2d,
+    pub conv2: Conv2d,
+}
+
+impl PatchEmbed {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv2.forward(gelu(self.conv1.forward(x)))
+    }
+}
+
+/// Inverted residual block (MobileNetV2 style) of the first, convolution-only stage.
+#[derive(Module, Debug)]
+pub struct MbConv {
+    pub conv1: Conv2d,
+    pub conv2: Conv2d,
+    pub conv3: Conv2d,
+}
+
+impl MbConv {
+    fn new(channels: usize, hidden: usize, device: &Device) -> Self {
+        Self {
+            conv1: conv(channels, hidden, 1, 1, 1, device),
+            conv2: conv(hidden, hidden, 3, 1, hidden, device),
+            conv3: conv(hidden, channels, 1, 1, 1, device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let h = gelu(self.conv1.forward(x.clone()));
+        let h = gelu(self.conv2.forward(h));
+        gelu(self.conv3.forward(h) + x)
+    }
+}
+
+/// Pointwise → depthwise (strided) → pointwise convolutions; returns tokens `[B, H*W, C]`.
+#[derive(Module, Debug)]
+pub struct PatchMerging {
+    pub conv1: Conv2d,
+    pub conv2: Conv2d,
+    pub conv3: Conv2d,
+}
+
+impl PatchMerging {
+    fn new(dim: usize, out_dim: usize, stride: usize, device: &Device) -> Self {
+        Self {
+            conv1: conv(dim, out_dim, 1, 1, 1, device),
+            conv2: conv(out_dim, out_dim, 3, stride, out_dim, device),
+            conv3: conv(out_dim, out_dim, 1, 1, 1, device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<3> {
+        let x = gelu(self.conv1.forward(x));
+        let x = gelu(self.conv2.forward(x));
+        let x = self.conv3.forward(x);
+        let [batch, channels, h, w] = x.dims();
+        x.reshape([batch, channels, h * w]).swap_dims(1, 2)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ConvStage {
+    pub blocks: Vec<MbConv>,
+    pub downsample: PatchMerging,
+}
+
+impl ConvStage {
+    fn forward(&self, mut x: Tensor<4>) -> Tensor<3> {
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        self.downsample.forward(x)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct AttentionStage {
+    pub blocks: Vec<TinyVitBlock>,
+    pub downsample: Option<PatchMerging>,
+    pub resolution: usize,
+}
+
+impl AttentionStage {
+    fn forward(&self, mut tokens: Tensor<3>) -> Tensor<3> {
+        for block in &self.blocks {
+            tokens = block.forward(tokens);
+        }
+        match &self.downsample {
+            Some(merge) => {
+                let [batch, _, channels] = tokens.dims();
+                let side = self.resolution;
+                let x = tokens.reshape([batch, side, side, channels]).permute([0, 3, 1, 2]);
+                merge.forward(x)
+            }
+            None => tokens,
+        }
+    }
+}
+
+/// Window attention with LeViT-style learned relative-position biases.
+#[derive(Module, Debug)]
+pub struct WindowAttention {
+    pub norm: LayerNorm,
+    pub qkv: Linear,
+    pub proj: Linear,
+    /// `[heads, distinct offsets]`, gathered into `[heads, N, N]` through `bias_index`.
+    pub attention_biases: Param<Tensor<2>>,
+    #[module(skip)]
+    bias_index: Tensor<1, Int>,
+    pub num_heads: usize,
+    pub window_size: usize,
+}
+
+impl WindowAttention {
+    fn new(dim: usize, num_heads: usize, window_size: usize, device: &Device) -> Self {
+        let (num_offsets, index) = relative_offset_index(window_size);
+        let n = window_size * window_size;
+        Self {
+            norm: LayerNormConfig::new(dim).init(device),
+            qkv: LinearConfig::new(dim, 3 * dim).init(device),
+            proj: LinearConfig::new(dim, dim).init(device),
+            attention_biases: Param::from_tensor(Tensor::zeros([num_heads, num_offsets], device)),
+            bias_index: Tensor::from_data(TensorData::new(index, [n * n]), device),
+            num_heads,
+            window_size,
+        }
+    }
+
+    /// `x`: `[windows, N, C]` with `N = window_size²`.
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [windows, n, channels] = x.dims();
+        let heads = self.num_heads;
+        let head_dim = channels / heads;
+        // The reference lays q, k, v out per head: [head][q | k | v].
+        let qkv = self
+            .qkv
+            .forward(self.norm.forward(x))
+            .reshape([windows, n, heads, 3 * head_dim])
+            .swap_dims(1, 2);
+        let q = qkv.clone().narrow(3, 0, head_dim);
+        let k = qkv.clone().narrow(3, head_dim, head_dim);
+        let v = qkv.narrow(3, 2 * head_dim, head_dim);
+        let bias = self
+            .attention_biases
+            .val()
+            .select(1, self.bias_index.clone())
+            .reshape([1, heads, n, n]);
+        let scores = q.matmul(k.swap_dims(2, 3)) * (head_dim as f64).powf(-0.5) + bias;
+        let out = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([windows, n, channels]);
+        self.proj.forward(out)
+    }
+}
+
+/// For every pair of cells in a `w×w` window, the index of their (|dy|, |dx|) offset, numbered
+/// in first-seen order exactly as `itertools.product` walks them in the reference.
+fn relative_offset_index(window: usize) -> (usize, Vec<i32>) {
+    let points: Vec<(usize, usize)> =
+        (0..window).flat_map(|y| (0..window).map(move |x| (y, x))).collect();
+    let mut offsets: Vec<(usize, usize)> = Vec::new();
+    let mut index = Vec::with_capacity(points.len() * points.len());
+    for p1 in &points {
+        for p2 in &points {
+            let offset = (p1.0.abs_diff(p2.0), p1.1.abs_diff(p2.1));
+            let id = match offsets.iter().position(|o| *o == offset) {
+                Some(id) => id,
+                None => {
+                    offsets.push(offset);
+                    offsets.len() - 1
+                }
+            };
+            index.push(id as i32);
+        }
+    }
+    (offsets.len(), index)
+}
+
+#[derive(Module, Debug)]
+pub struct TinyVitMlp {
+    pub norm: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+impl TinyVitMlp {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.fc2.forward(gelu(self.fc1.forward(self.norm.forward(x))))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct TinyVitBlock {
+    pub attn: WindowAttention,
+    pub mlp: TinyVitMlp,
+    pub local_conv: Conv2d,
+    pub resolution: usize,
+}
+
+impl TinyVitBlock {
+    fn new(dim: usize, heads: usize, window: usize, mlp_ratio: usize, resolution: usize, device: &Device) -> Self {
+        Self {
+            attn: WindowAttention::new(dim, heads, window, device),
+            mlp: TinyVitMlp {
+                norm: LayerNormConfig::new(dim).init(device),
+                fc1: LinearConfig::new(dim, dim * mlp_ratio).init(device),
+                fc2: LinearConfig::new(dim * mlp_ratio, dim).init(device),
+            },
+            local_conv: conv(dim, dim, 3, 1, dim, device),
+            resolution,
+        }
+    }
+
+    /// `x`: `[B, H*W, C]`.
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [batch, len, channels] = x.dims();
+        let side = self.resolution;
+        let window = self.attn.window_size;
+        let pad = (window - side % window) % window;
+        let padded = side + pad;
+        let per_side = padded / window;
+
+        // Zero-pad the grid to whole windows (bottom/right), attend per window, undo.
+        let grid = x.clone().reshape([batch, side, side, channels]);
+        let grid = if pad > 0 {
+            grid.pad([(0, pad), (0, pad), (0, 0)], PadMode::Constant(0.0))
+        } else {
+            grid
+        };
+        let windows = grid
+            .reshape([batch, per_side, window, per_side, window, channels])
+            .swap_dims(2, 3)
+            .reshape([batch * per_side * per_side, window * window, channels]);
+        let attended = self
+            .attn
+            .forward(windows)
+            .reshape([batch, per_side, per_side, window, window, channels])
+            .swap_dims(2, 3)
+            .reshape([batch, padded, padded, channels]);
+        let attended = if pad > 0 { attended.slice([0..batch, 0..side, 0..side, 0..channels]) } else { attended };
+        let x = x + attended.reshape([batch, len, channels]);
+
+        let spatial = x.swap_dims(1, 2).reshape([batch, channels, side, side]);
+        let x = self.local_conv.forward(spatial).reshape([batch, channels, len]).swap_dims(1, 2);
+        x.clone() + self.mlp.forward(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_index_matches_levit_enumeration() {
+        // 2×2 window: offsets appear as (0,0), (0,1), (1,0), (1,1).
+        let (count, index) = relative_offset_index(2);
+        assert_eq!(count, 4);
+        assert_eq!(index, vec![0, 1, 2, 3, 1, 0, 3, 2, 2, 3, 0, 1, 3, 2, 1, 0]);
+        // A w×w window has w² distinct |offsets| (the checkpoint's bias tables: 49 and 196).
+        assert_eq!(relative_offset_index(7).0, 49);
+        assert_eq!(relative_offset_index(14).0, 196);
+    }
+}

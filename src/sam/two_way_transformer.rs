@@ -1,0 +1,153 @@
+//! SAM's two-way transformer (`segment_anything/modeling/transformer.py`): prompt tokens and
+//! image cells attend to each other in turn.
+
+use burn::module::Module;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::{relu, softmax};
+use burn::tensor::{Device, Tensor};
+
+#[derive(Debug, Clone)]
+pub struct TwoWayTransformerConfig {
+    pub depth: usize,
+    pub embedding_dim: usize,
+    pub num_heads: usize,
+    pub mlp_dim: usize,
+    pub attention_downsample_rate: usize,
+}
+
+impl Default for TwoWayTransformerConfig {
+    fn default() -> Self {
+        Self { depth: 2, embedding_dim: 256, num_heads: 8, mlp_dim: 2048, attention_downsample_rate: 2 }
+    }
+}
+
+impl TwoWayTransformerConfig {
+    pub fn init(&self, device: &Device) -> TwoWayTransformer {
+        let d = self.embedding_dim;
+        let cross = || Attention::new(d, self.num_heads, self.attention_downsample_rate, device);
+        let norm = || LayerNormConfig::new(d).init(device);
+        let layers = (0..self.depth)
+            .map(|i| TwoWayAttentionBlock {
+                self_attn: Attention::new(d, self.num_heads, 1, device),
+                norm1: norm(),
+                cross_attn_token_to_image: cross(),
+                norm2: norm(),
+                mlp_lin1: LinearConfig::new(d, self.mlp_dim).init(device),
+                mlp_lin2: LinearConfig::new(self.mlp_dim, d).init(device),
+                norm3: norm(),
+                norm4: norm(),
+                cross_attn_image_to_token: cross(),
+                skip_first_layer_pe: i == 0,
+            })
+            .collect();
+        TwoWayTransformer { layers, final_attn_token_to_image: cross(), norm_final_attn: norm() }
+    }
+}
+
+/// Multi-head attention whose projections may shrink the width (`downsample_rate`).
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub out_proj: Linear,
+    pub num_heads: usize,
+}
+
+impl Attention {
+    fn new(dim: usize, num_heads: usize, downsample_rate: usize, device: &Device) -> Self {
+        let internal = dim / downsample_rate;
+        Self {
+            q_proj: LinearConfig::new(dim, internal).init(device),
+            k_proj: LinearConfig::new(dim, internal).init(device),
+            v_proj: LinearConfig::new(dim, internal).init(device),
+            out_proj: LinearConfig::new(internal, dim).init(device),
+            num_heads,
+        }
+    }
+
+    fn separate_heads(&self, x: Tensor<3>) -> Tensor<4> {
+        let [batch, tokens, channels] = x.dims();
+        x.reshape([batch, tokens, self.num_heads, channels / self.num_heads]).swap_dims(1, 2)
+    }
+
+    fn forward(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
+        let q = self.separate_heads(self.q_proj.forward(q));
+        let k = self.separate_heads(self.k_proj.forward(k));
+        let v = self.separate_heads(self.v_proj.forward(v));
+        let [batch, heads, tokens, head_dim] = q.dims();
+        let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
+        let out = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([batch, tokens, heads * head_dim]);
+        self.out_proj.forward(out)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct TwoWayAttentionBlock {
+    pub self_attn: Attention,
+    pub norm1: LayerNorm,
+    pub cross_attn_token_to_image: Attention,
+    pub norm2: LayerNorm,
+    pub mlp_lin1: Linear,
+    pub mlp_lin2: Linear,
+    pub norm3: LayerNorm,
+    pub norm4: LayerNorm,
+    pub cross_attn_image_to_token: Attention,
+    pub skip_first_layer_pe: bool,
+}
+
+impl TwoWayAttentionBlock {
+    fn forward(&self, queries: Tensor<3>, keys: Tensor<3>, query_pe: Tensor<3>, key_pe: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+        // (1) self-attention of the tokens; the first layer has no residual and no PE.
+        let queries = if self.skip_first_layer_pe {
+            self.self_attn.forward(queries.clone(), queries.clone(), queries)
+        } else {
+            let q = queries.clone() + query_pe.clone();
+            queries.clone() + self.self_attn.forward(q.clone(), q, queries)
+        };
+        let queries = self.norm1.forward(queries);
+
+        // (2) tokens attend to the image.
+        let q = queries.clone() + query_pe.clone();
+        let k = keys.clone() + key_pe.clone();
+        let queries = self.norm2.forward(queries + self.cross_attn_token_to_image.forward(q, k, keys.clone()));
+
+        // (3) MLP on the tokens.
+        let mlp = self.mlp_lin2.forward(relu(self.mlp_lin1.forward(queries.clone())));
+        let queries = self.norm3.forward(queries + mlp);
+
+        // (4) the image attends to the tokens.
+        let q = queries.clone() + query_pe;
+        let k = keys.clone() + key_pe;
+        let keys = self.norm4.forward(keys + self.cross_attn_image_to_token.forward(k, q, queries.clone()));
+        (queries, keys)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct TwoWayTransformer {
+    pub layers: Vec<TwoWayAttentionBlock>,
+    pub final_attn_token_to_image: Attention,
+    pub norm_final_attn: LayerNorm,
+}
+
+impl TwoWayTransformer {
+    /// `image`, `image_pe`: `[B, C, H, W]`; `tokens`: `[B, N, C]`.
+    /// Returns the updated tokens `[B, N, C]` and image cells `[B, H*W, C]`.
+    pub fn forward(&self, image: Tensor<4>, image_pe: Tensor<4>, tokens: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+        let flatten = |x: Tensor<4>| {
+            let [b, c, h, w] = x.dims();
+            x.reshape([b, c, h * w]).swap_dims(1, 2)
+        };
+        let keys_pe = flatten(image_pe);
+        let mut keys = flatten(image);
+        let mut queries = tokens.clone();
+        for layer in &self.layers {
+            (queries, keys) = layer.forward(queries, keys, tokens.clone(), keys_pe.clone());
+        }
+        let q = queries.clone() + tokens;
+        let k = keys.clone() + keys_pe;
+        let queries = self.norm_final_attn.forward(queries + self.final_attn_token_to_image.forward(q, k, keys.clone()));
+        (queries, keys)
+    }
+}

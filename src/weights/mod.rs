@@ -1,0 +1,102 @@
+//! Weights: the pinned sources (manifest), their conversion to Burn records, quantisation, and
+//! integrity checks. Everything that knows checkpoint key names lives here, apart from the math.
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod convert;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod litemedsam;
+pub mod manifest;
+pub mod quantize;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod store;
+
+use std::fmt;
+
+use burn::module::Module;
+use burn::store::ModuleRecord;
+use burn::tensor::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Numeric format of a converted model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// Full precision, the reference for every parity test.
+    F32,
+    /// Linear and convolution weights in Burn's Q8S format, blocks of 32; norms and biases f32.
+    Q8,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 2] = [Variant::F32, Variant::Q8];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::F32 => "f32",
+            Variant::Q8 => "q8",
+        }
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Variant {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Variant::F32),
+            "q8" => Ok(Variant::Q8),
+            other => Err(Error::Other(format!("unknown weight variant {other:?} (expected f32 or q8)"))),
+        }
+    }
+}
+
+/// File name of a converted model, e.g. `litemedsam-q8.bpk`.
+pub fn converted_file_name(model: &str, variant: Variant) -> String {
+    format!("{model}-{variant}.bpk")
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Fails unless `bytes` has the expected length and sha256, naming `file` in the error.
+pub fn verify(file: &str, bytes: &[u8], size: u64, sha256: &str) -> Result<()> {
+    if bytes.len() as u64 != size {
+        return Err(Error::weights(
+            file,
+            format!("{} bytes, expected {size} (truncated or replaced); fetch and convert the weights again", bytes.len()),
+        ));
+    }
+    let actual = sha256_hex(bytes);
+    if actual != sha256 {
+        return Err(Error::weights(
+            file,
+            format!("sha256 {actual} does not match the expected {sha256}; fetch and convert the weights again"),
+        ));
+    }
+    Ok(())
+}
+
+/// Loads burnpack bytes into `module` (its shapes must match exactly), reporting problems as
+/// errors that name `file` instead of panicking.
+pub fn load_record<M: Module>(module: M, file: &str, bytes: Vec<u8>) -> Result<M> {
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
+        .map_err(|e| Error::weights(file, format!("not a valid burnpack record ({e})")))?;
+    module
+        .try_load_record(record)
+        .map_err(|e| Error::weights(file, format!("does not fit the model ({e})")))
+}
+
+/// Serialises a module as burnpack bytes.
+pub fn record_bytes<M: Module>(module: M) -> Result<Vec<u8>> {
+    let bytes = module.into_record().into_bytes().map_err(|e| Error::Other(format!("cannot serialise weights: {e}")))?;
+    Ok(bytes.to_vec())
+}
