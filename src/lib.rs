@@ -10,6 +10,8 @@ pub mod image;
 pub mod sam;
 pub mod segment;
 pub mod weights;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use error::{Error, Result};
 pub use segment::{BoxSegmentation, BoxSegmenter, ImageEmbedding};

@@ -1,0 +1,111 @@
+// Real-browser test of the page (Debian chromium + playwright-core): load the model, open a real
+// image, segment a box, compare the mask with the native CLI's mask for the same input, then
+// reload and check the weights now come from the browser cache. Screenshots go to $ARTIFACTS.
+//
+// usage: node tests/browser/run.mjs   (after scripts/build-web.sh and `medsee convert`)
+import { chromium } from 'playwright-core';
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import assert from 'node:assert/strict';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const artifacts = process.env.ARTIFACTS ?? join(root, 'target', 'browser-artifacts');
+mkdirSync(artifacts, { recursive: true });
+const medseeBin = process.env.MEDSEE_BIN;
+assert.ok(medseeBin, 'set MEDSEE_BIN to the native medsee binary (scripts/test does)');
+
+const fixture = join(root, 'tests/fixtures/litemedsam/dermoscopy_lesion');
+const image = join(fixture, 'input.png');
+const box = JSON.parse(readFileSync(join(fixture, 'case.json'), 'utf8')).box256.map(Math.round);
+
+function startServer() {
+  const port = 18000 + Math.floor(Math.random() * 1000);
+  const server = spawn('/usr/bin/python3', [join(root, 'scripts/serve.py'), '--port', String(port), '--quiet'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  return new Promise((ok, fail) => {
+    server.stdout.on('data', (chunk) => { if (String(chunk).includes('http://127.0.0.1')) ok({ server, url: `http://127.0.0.1:${port}/` }); });
+    server.on('exit', (code) => fail(new Error(`server exited with ${code}`)));
+  });
+}
+
+// Mask decoded from a PNG by the page itself, so both masks go through the same decoder.
+async function pngMask(page, path) {
+  const b64 = readFileSync(path).toString('base64');
+  return page.evaluate(async (data) => {
+    const blob = await (await fetch(`data:image/png;base64,${data}`)).blob();
+    const bitmap = await createImageBitmap(blob);
+    const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+    const ctx = canvas.getContext('2d');
+    ctx.drawImage(bitmap, 0, 0);
+    const px = ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
+    const mask = new Array(bitmap.width * bitmap.height);
+    for (let i = 0; i < mask.length; i++) mask[i] = px[i * 4] > 127 ? 1 : 0;
+    return mask;
+  }, b64);
+}
+
+function iou(a, b) {
+  let inter = 0, union = 0;
+  for (let i = 0; i < a.length; i++) { inter += a[i] & b[i]; union += a[i] | b[i]; }
+  return union === 0 ? 1 : inter / union;
+}
+
+async function segmentInPage(page) {
+  await page.setInputFiles('#file-input', image);
+  await page.waitForSelector('body[data-image-ready="true"]', { timeout: 300_000 });
+  for (const [k, v] of Object.entries({ x0: box[0], y0: box[1], x1: box[2], y1: box[3] })) {
+    await page.fill(`#box-${k}`, String(v));
+  }
+  await page.click('#segment-button');
+  await page.waitForSelector('body[data-result-ready="true"]', { timeout: 120_000 });
+}
+
+const { server, url } = await startServer();
+const userDataDir = mkdtempSync(join(tmpdir(), 'medsee-chromium-'));
+const context = await chromium.launchPersistentContext(userDataDir, {
+  executablePath: '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu-sandbox', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--disable-quic'],
+});
+const requests = [];
+let failures = 0;
+try {
+  const page = await context.newPage();
+  page.on('console', (m) => console.log('[page]', m.text()));
+  page.on('pageerror', (e) => { console.log('[page error]', e.message); failures++; });
+  context.on('request', (r) => requests.push(r.url()));
+
+  await page.goto(url);
+  await page.waitForSelector('body[data-model-ready="true"]', { timeout: 300_000 });
+  assert.match(await page.textContent('#backend'), /CPU/);
+  assert.match(await page.textContent('body'), /nothing is uploaded|never uploaded/i);
+  await segmentInPage(page);
+  await page.screenshot({ path: join(artifacts, 'segmented.png'), fullPage: true });
+  const pageMask = await page.evaluate(() => Array.from(window.medseeLastMask ?? []));
+
+  // The native CLI on the same file and box.
+  const cliMask = join(artifacts, 'cli-mask.png');
+  execFileSync(medseeBin, ['segment', image, '--box', box.join(','), '--variant', 'q8', '--out', cliMask], { stdio: 'inherit' });
+  const reference = await pngMask(page, cliMask);
+  assert.equal(pageMask.length, reference.length, 'mask sizes differ');
+  const score = iou(pageMask, reference);
+  console.log(`browser vs native CLI mask IoU: ${score.toFixed(4)}`);
+  assert.ok(score >= 0.95, `browser mask IoU ${score} < 0.95`);
+
+  // Reload: the weights must now come from Cache Storage.
+  await page.reload();
+  await page.waitForSelector('body[data-model-ready="true"]', { timeout: 300_000 });
+  assert.match(await page.textContent('#status'), /browser cache/);
+  await page.screenshot({ path: join(artifacts, 'reloaded-from-cache.png'), fullPage: true });
+
+  const foreign = requests.filter((r) => !r.startsWith(url) && !r.startsWith('data:') && !r.startsWith('blob:'));
+  assert.deepEqual(foreign, [], 'the page contacted another origin');
+  assert.equal(failures, 0, 'uncaught errors in the page');
+  console.log('browser test: ok');
+} finally {
+  await context.close();
+  server.kill();
+}
