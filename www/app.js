@@ -93,12 +93,20 @@ async function openFile(file) {
   worker.postMessage({ type: 'image', bytes }, [bytes]);
 }
 
+// A box from a drag (any corner order) becomes x0 < x1, y0 < y1 and is shown in the fields.
 function setBox(box) {
   const [x0, y0, x1, y1] = box.map(Math.round);
   state.box = [Math.min(x0, x1), Math.min(y0, y1), Math.max(x0, x1), Math.max(y0, y1)];
   ['x0', 'y0', 'x1', 'y1'].forEach((k, i) => { $(`box-${k}`).value = state.box[i]; });
   drawOverlay();
   updateButtons();
+}
+
+// The box typed in the fields, or null while it is incomplete or inverted.
+function typedBox() {
+  const box = ['x0', 'y0', 'x1', 'y1'].map((k) => $(`box-${k}`).value.trim() === '' ? NaN : Number($(`box-${k}`).value));
+  if (box.some((v) => !Number.isFinite(v)) || box[2] <= box[0] || box[3] <= box[1]) return null;
+  return box;
 }
 
 function drawOverlay() {
@@ -152,16 +160,25 @@ overlayCanvas.addEventListener('pointerup', (e) => {
 
 $('box-form').addEventListener('submit', (e) => {
   e.preventDefault();
-  const box = ['x0', 'y0', 'x1', 'y1'].map((k) => Number($(`box-${k}`).value));
-  setBox(box);
-  if (!state.box || state.busy) return;
+  const box = typedBox();
+  if (!box) {
+    setStatus('The box needs four numbers with x0 < x1 and y0 < y1.', true);
+    return;
+  }
+  state.box = box;
+  drawOverlay();
+  if (state.busy) return;
   state.busy = true;
   updateButtons();
   setStatus('Segmenting…');
   worker.postMessage({ type: 'segment', box: state.box });
 });
 for (const k of ['x0', 'y0', 'x1', 'y1']) {
-  $(`box-${k}`).addEventListener('change', () => setBox(['x0', 'y0', 'x1', 'y1'].map((n) => Number($(`box-${n}`).value))));
+  $(`box-${k}`).addEventListener('input', () => {
+    state.box = typedBox();
+    drawOverlay();
+    updateButtons();
+  });
 }
 
 $('fill-opacity').addEventListener('input', drawOverlay);

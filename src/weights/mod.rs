@@ -5,6 +5,7 @@
 pub mod convert;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod litemedsam;
+pub mod gguf;
 pub mod manifest;
 pub mod quantize;
 #[cfg(not(target_arch = "wasm32"))]

@@ -32,10 +32,9 @@ function startServer() {
 
 // Mask decoded from a PNG by the page itself, so both masks go through the same decoder.
 async function pngMask(page, path) {
-  const b64 = readFileSync(path).toString('base64');
+  const bytes = Array.from(readFileSync(path));
   return page.evaluate(async (data) => {
-    const blob = await (await fetch(`data:image/png;base64,${data}`)).blob();
-    const bitmap = await createImageBitmap(blob);
+    const bitmap = await createImageBitmap(new Blob([new Uint8Array(data)], { type: 'image/png' }));
     const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
     const ctx = canvas.getContext('2d');
     ctx.drawImage(bitmap, 0, 0);
@@ -43,7 +42,7 @@ async function pngMask(page, path) {
     const mask = new Array(bitmap.width * bitmap.height);
     for (let i = 0; i < mask.length; i++) mask[i] = px[i * 4] > 127 ? 1 : 0;
     return mask;
-  }, b64);
+  }, bytes);
 }
 
 function iou(a, b) {
