@@ -2,11 +2,13 @@
 //!
 //! Data flows one way, and the modules follow it:
 //! bytes → [`image`] (decode, preprocess) → [`sam`] (LiteMedSAM: embedding, prompts, masks)
-//! → [`segment`] (the engine: box → mask) → mask / box / overlay.
+//! → [`segment`] (the engine: box → mask) → mask / box / overlay; [`llm`] is the language model
+//! (tokens → SmolLM2 → hidden states and text).
 //! [`weights`] holds everything that knows checkpoint formats and key names.
 
 pub mod error;
 pub mod image;
+pub mod llm;
 pub mod sam;
 pub mod segment;
 pub mod weights;

@@ -8,7 +8,7 @@ use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand};
 use medsee::image::mask::{overlay_png, OverlayStyle};
 use medsee::image::{decode_image, PixelBox};
-use medsee::weights::convert::{convert_litemedsam, ModelPaths};
+use medsee::weights::convert::{convert_all, ModelPaths};
 use medsee::{BoxSegmenter, Error, Result, Variant};
 
 mod bench;
@@ -140,7 +140,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Convert { force } => {
             let mut log = |line: &str| println!("convert: {line}");
-            convert_litemedsam(&paths, &Device::flex(), force, &mut log)?;
+            convert_all(&paths, &Device::flex(), force, &mut log)?;
             println!("convert: done → {}", paths.converted.display());
             Ok(())
         }

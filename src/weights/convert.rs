@@ -1,14 +1,20 @@
-//! `medsee convert`: source checkpoints → Burn burnpack records (f32 and quantised variants).
+//! `medsee convert`: source checkpoints → Burn burnpack records (f32 and quantised variants),
+//! plus the LLM's tokenizer as JSON, all listed with their sha256 in `index.json`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::Device;
 
+use super::gguf::Gguf;
 use super::manifest::{self, SourceFile};
-use super::store::{FileEntry, Index};
-use super::{converted_file_name, litemedsam, record_bytes, sha256_hex, verify, Variant};
+use super::store::{read_verified, write_atomic, FileEntry, Index};
+use super::{converted_file_name, litemedsam, record_bytes, sha256_hex, smollm2, verify, Variant};
 use crate::error::{Error, Result};
+use crate::llm::tokenizer::TextTokenizer;
+
+/// File name of the converted SmolLM2 tokenizer.
+pub const SMOLLM2_TOKENIZER: &str = "smollm2-tokenizer.json";
 
 /// Where the fetched sources and the converted files live.
 #[derive(Debug, Clone)]
@@ -43,44 +49,68 @@ pub fn read_source(paths: &ModelPaths, source: &SourceFile) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Converts LiteMedSAM unless the converted files are already there, intact, and made from
-/// the same source. Returns true when it (re)converted.
-pub fn convert_litemedsam(paths: &ModelPaths, device: &Device, force: bool, log: &mut dyn FnMut(&str)) -> Result<bool> {
-    let source = manifest::source(manifest::LITEMEDSAM);
-    let source_bytes = read_source(paths, source)?;
-    log(&format!("source  {} ({} bytes, sha256 verified)", source.member, source.size));
+/// The outputs converted from one source, as (file name, bytes) pairs.
+type Outputs = Vec<(String, Vec<u8>)>;
+
+/// Converts every source whose outputs are missing, damaged, or made from another source file.
+pub fn convert_all(paths: &ModelPaths, device: &Device, force: bool, log: &mut dyn FnMut(&str)) -> Result<()> {
     std::fs::create_dir_all(&paths.converted).map_err(|e| Error::io(&paths.converted, e))?;
-
     let mut index = Index::read(&paths.converted).unwrap_or_default();
-    let names: Vec<String> = Variant::ALL.iter().map(|v| converted_file_name(source.id, *v)).collect();
-    let up_to_date = index.sources.get(source.id).map(String::as_str) == Some(source.sha256)
-        && names.iter().all(|n| super::store::read_verified(&paths.converted, n).is_ok());
-    if up_to_date && !force {
-        log("litemedsam: converted files are up to date (use --force to redo)");
-        return Ok(false);
+    type Converter = fn(&ModelPaths, &[u8], &Device, &mut dyn FnMut(&str)) -> Result<Outputs>;
+    let converters: [(&str, Vec<String>, Converter); 2] = [
+        (manifest::LITEMEDSAM, variant_files(manifest::LITEMEDSAM), convert_litemedsam),
+        (manifest::SMOLLM2, [variant_files(manifest::SMOLLM2), vec![SMOLLM2_TOKENIZER.to_string()]].concat(), convert_smollm2),
+    ];
+    for (id, outputs, convert) in converters {
+        let source = manifest::source(id);
+        let up_to_date = index.sources.get(id).map(String::as_str) == Some(source.sha256)
+            && outputs.iter().all(|name| read_verified(&paths.converted, name).is_ok());
+        if up_to_date && !force {
+            log(&format!("{id}: up to date ({})", outputs.join(", ")));
+            continue;
+        }
+        let bytes = read_source(paths, source)?;
+        log(&format!("{id}: source {} ({} bytes, sha256 verified)", source.member, source.size));
+        for (name, data) in convert(paths, &bytes, device, log)? {
+            write_atomic(&paths.converted.join(&name), &data)?;
+            index.files.insert(name.clone(), FileEntry { size: data.len() as u64, sha256: sha256_hex(&data) });
+            log(&format!("{id}: wrote {name} ({:.1} MB)", data.len() as f64 / 1e6));
+        }
+        index.sources.insert(id.to_string(), source.sha256.to_string());
+        index.converter = format!("medsee {}", env!("CARGO_PKG_VERSION"));
+        index.write(&paths.converted)?;
     }
-    drop(source_bytes);
+    Ok(())
+}
 
+fn variant_files(id: &str) -> Vec<String> {
+    Variant::ALL.iter().map(|v| converted_file_name(id, *v)).collect()
+}
+
+fn convert_litemedsam(paths: &ModelPaths, _bytes: &[u8], device: &Device, log: &mut dyn FnMut(&str)) -> Result<Outputs> {
+    let source = manifest::source(manifest::LITEMEDSAM);
     let started = Instant::now();
     let model = litemedsam::load_checkpoint(&paths.source_file(source), device)?;
-    log(&format!("mapped  lite_medsam.pth → Burn model (batch norms folded) in {:.1}s", started.elapsed().as_secs_f32()));
-    for variant in Variant::ALL {
-        let started = Instant::now();
-        let bytes = match variant {
-            Variant::F32 => record_bytes(model.clone())?,
-            Variant::Q8 => {
-                let (quantized, report) = litemedsam::quantize(model.clone());
-                log(&format!("q8      {} weight tensors quantised, {} kept f32", report.quantized, report.kept_f32.len()));
-                record_bytes(quantized)?
-            }
-        };
-        let name = converted_file_name(source.id, variant);
-        super::store::write_atomic(&paths.converted.join(&name), &bytes)?;
-        index.files.insert(name.clone(), FileEntry { size: bytes.len() as u64, sha256: sha256_hex(&bytes) });
-        log(&format!("wrote   {} ({:.1} MB) in {:.1}s", name, bytes.len() as f64 / 1e6, started.elapsed().as_secs_f32()));
-    }
-    index.converter = format!("medsee {}", env!("CARGO_PKG_VERSION"));
-    index.sources.insert(source.id.to_string(), source.sha256.to_string());
-    index.write(&paths.converted)?;
-    Ok(true)
+    log(&format!("litemedsam: mapped to Burn (batch norms folded) in {:.1}s", started.elapsed().as_secs_f32()));
+    let (quantized, report) = litemedsam::quantize(model.clone());
+    log(&format!("litemedsam: q8 quantised {} weight tensors, kept {} in f32", report.quantized, report.kept_f32.len()));
+    Ok(vec![
+        (converted_file_name(source.id, Variant::F32), record_bytes(model)?),
+        (converted_file_name(source.id, Variant::Q8), record_bytes(quantized)?),
+    ])
+}
+
+fn convert_smollm2(_paths: &ModelPaths, bytes: &[u8], device: &Device, log: &mut dyn FnMut(&str)) -> Result<Outputs> {
+    let started = Instant::now();
+    let gguf = Gguf::parse(bytes)?;
+    let tokenizer = TextTokenizer::from_gguf(&gguf)?;
+    let (_, model) = smollm2::load_gguf(&gguf, device)?;
+    log(&format!("smollm2: dequantised and mapped to Burn in {:.1}s", started.elapsed().as_secs_f32()));
+    let (quantized, report) = smollm2::quantize(model.clone());
+    log(&format!("smollm2: q8 quantised {} weight tensors, kept {} in f32", report.quantized, report.kept_f32.len()));
+    Ok(vec![
+        (converted_file_name(manifest::SMOLLM2, Variant::F32), record_bytes(model)?),
+        (converted_file_name(manifest::SMOLLM2, Variant::Q8), record_bytes(quantized)?),
+        (SMOLLM2_TOKENIZER.to_string(), tokenizer.to_json()?.into_bytes()),
+    ])
 }

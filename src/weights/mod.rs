@@ -9,6 +9,8 @@ pub mod gguf;
 pub mod manifest;
 pub mod quantize;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod smollm2;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod store;
 
 use std::fmt;
