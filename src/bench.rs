@@ -1,13 +1,18 @@
 //! `medsee bench …`: timings printed as a table and written as JSON. Peers (PyTorch and
-//! onnxruntime running the reference LiteMedSAM) run in the same invocation when importable.
+//! onnxruntime for LiteMedSAM, transformers for SmolLM2) run in the same invocation when their
+//! Python packages are importable, and every stage shows the ratio best-peer / medsee.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::{Args, Subcommand};
+use futures_lite::future::block_on;
 use medsee::image::RgbImage;
+use medsee::llm::chat::{chat_ids, Message, Role};
+use medsee::llm::llama::KvCache;
+use medsee::llm::TextModel;
 use medsee::segment::read_f32;
 use medsee::weights::convert::ModelPaths;
 use medsee::{BoxSegmenter, Error, Result, Variant};
@@ -15,22 +20,24 @@ use serde_json::{json, Value};
 
 #[derive(Subcommand)]
 pub enum Which {
-    /// LiteMedSAM: image encode and prompt+decode latency, f32 and quantised, vs the reference.
-    Sam(SamArgs),
+    /// LiteMedSAM: image encode and prompt+decode latency, f32 and Q8, vs PyTorch and onnxruntime.
+    Sam(BenchArgs),
+    /// SmolLM2: prompt prefill and per-token decode latency, f32 and Q8, vs transformers.
+    Llm(BenchArgs),
 }
 
 #[derive(Args)]
-pub struct SamArgs {
+pub struct BenchArgs {
     /// Timed runs per stage (after one warm-up run).
     #[arg(long, default_value_t = 10)]
     runs: usize,
-    /// Where to write the JSON results.
-    #[arg(long, default_value = "benches/results/sam.json")]
-    json: PathBuf,
-    /// Python interpreter with torch (and optionally onnxruntime) for the peer numbers.
+    /// Where to write the JSON results (default benches/results/<benchmark>.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Python interpreter with the peer packages (torch, onnxruntime, transformers).
     #[arg(long, default_value = "python3")]
     python: String,
-    /// Skip the PyTorch / onnxruntime peers.
+    /// Skip the peers.
     #[arg(long)]
     no_peers: bool,
 }
@@ -54,7 +61,7 @@ impl Stats {
     }
 
     fn cell(&self) -> String {
-        format!("{:>9.1} ({:.1}–{:.1})", self.median_ms, self.min_ms, self.max_ms)
+        format!("{:.1} ({:.1}–{:.1})", self.median_ms, self.min_ms, self.max_ms)
     }
 }
 
@@ -67,6 +74,109 @@ fn time_runs(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Stats> {
         samples.push(started.elapsed().as_secs_f64());
     }
     Ok(Stats::from_seconds(&samples))
+}
+
+/// One benchmark's results: a row per engine, a column per stage.
+struct Table {
+    name: &'static str,
+    title: String,
+    stages: Vec<&'static str>,
+    rows: Vec<(String, Vec<Stats>)>,
+}
+
+impl Table {
+    fn add_peer_rows(&mut self, peers: &Value, names: &[&str], keys: &[&str]) {
+        for name in names {
+            let stats: Option<Vec<Stats>> = keys
+                .iter()
+                .map(|key| {
+                    let v: Vec<f64> = serde_json::from_value(peers.get(name)?.get(key)?.clone()).ok()?;
+                    (!v.is_empty()).then(|| Stats::from_seconds(&v))
+                })
+                .collect();
+            if let Some(stats) = stats {
+                let version = peers["versions"][name].as_str().unwrap_or("");
+                self.rows.push((format!("{name} {version} f32"), stats));
+            }
+        }
+    }
+
+    fn print_and_save(&self, args: &BenchArgs, threads: usize, peers: Option<Value>) -> Result<()> {
+        println!("\n{}", self.title);
+        println!("median (min–max) ms over {} runs, {threads} threads; ratio = best peer / this (≥ 1: faster than every peer)", args.runs);
+        print!("{:<34}", "engine");
+        for stage in &self.stages {
+            print!(" {:>28} {:>6}", stage, "ratio");
+        }
+        println!();
+        let best: Vec<f64> = (0..self.stages.len())
+            .map(|i| self.rows.iter().filter(|r| !r.0.starts_with("medsee")).map(|r| r.1[i].median_ms).fold(f64::INFINITY, f64::min))
+            .collect();
+        for (name, stats) in &self.rows {
+            print!("{name:<34}");
+            for (i, s) in stats.iter().enumerate() {
+                let ratio = if best[i].is_finite() { format!("{:.2}", best[i] / s.median_ms) } else { "-".into() };
+                print!(" {:>28} {:>6}", s.cell(), ratio);
+            }
+            println!();
+        }
+        let rss = peak_rss_mb();
+        if let Some(mb) = rss {
+            println!("peak RSS of this process: {mb:.0} MB");
+        }
+        let report = json!({
+            "benchmark": self.name,
+            "title": self.title,
+            "threads": threads,
+            "runs": args.runs,
+            "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "os": std::env::consts::OS, "arch": std::env::consts::ARCH },
+            "stages": self.stages,
+            "rows": self.rows.iter().map(|(name, stats)| json!({ "engine": name, "stages": stats })).collect::<Vec<_>>(),
+            "peak_rss_mb": rss,
+            "peers_raw": peers,
+        });
+        let path = args.json.clone().unwrap_or_else(|| PathBuf::from(format!("benches/results/{}.json", self.name)));
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&report).expect("json")).map_err(|e| Error::io(&path, e))?;
+        println!("results → {}", path.display());
+        Ok(())
+    }
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Runs a peer script from benches/peers; `None` (with a note) when it can't run.
+fn run_peer(args: &BenchArgs, script: &str, extra: &[String], paths: &ModelPaths, threads: usize) -> Option<Value> {
+    if args.no_peers {
+        return None;
+    }
+    eprintln!("bench: peers ({script}) …");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers").join(script);
+    let output = Command::new(&args.python)
+        .arg(&script)
+        .args(["--runs", &args.runs.to_string(), "--threads", &threads.to_string()])
+        .arg("--sources")
+        .arg(&paths.sources)
+        .args(extra)
+        .output();
+    match output {
+        Ok(out) if out.status.success() => serde_json::from_slice(&out.stdout).ok(),
+        Ok(out) => {
+            eprintln!("bench: peers skipped ({})", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("failed"));
+            None
+        }
+        Err(e) => {
+            eprintln!("bench: peers skipped ({}: {e})", args.python);
+            None
+        }
+    }
 }
 
 /// A deterministic 512×512 test image (smooth gradient with a bright disc).
@@ -84,112 +194,100 @@ fn test_image() -> RgbImage {
     RgbImage::new(side, side, pixels).expect("valid test image")
 }
 
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-fn bench_variant(paths: &ModelPaths, variant: Variant, runs: usize) -> Result<(Stats, Stats)> {
-    let segmenter = BoxSegmenter::load(&paths.converted, variant, Device::flex())?;
-    let image = test_image();
-    let encode = time_runs(runs, || {
-        let embedding = segmenter.encode(&image);
-        futures_lite::future::block_on(read_f32(embedding.tensor.slice([0..1, 0..1, 0..1, 0..1])))?;
-        Ok(())
-    })?;
-    let embedding = segmenter.encode(&image);
-    let model_box = Tensor::<1>::from_floats([150.0f32, 60.0, 200.0, 160.0].as_slice(), segmenter.device()).reshape([1, 4]);
-    let decode = time_runs(runs, || {
-        let output = segmenter.model().decode_boxes(embedding.tensor.clone(), model_box.clone(), None);
-        futures_lite::future::block_on(read_f32(output.low_res_masks))?;
-        Ok(())
-    })?;
-    Ok((encode, decode))
-}
-
-/// Runs `benches/peers/litemedsam_reference.py`; `None` (with a note) when the peers can't run.
-fn run_peers(args: &SamArgs, paths: &ModelPaths, threads: usize) -> Option<Value> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/peers/litemedsam_reference.py");
-    let output = Command::new(&args.python)
-        .arg(&script)
-        .args(["--runs", &args.runs.to_string(), "--threads", &threads.to_string()])
-        .arg("--sources")
-        .arg(&paths.sources)
-        .output();
-    match output {
-        Ok(out) if out.status.success() => serde_json::from_slice(&out.stdout).ok(),
-        Ok(out) => {
-            let err = String::from_utf8_lossy(&out.stderr);
-            eprintln!("bench: peers skipped ({})", err.lines().last().unwrap_or("failed"));
-            None
-        }
-        Err(e) => {
-            eprintln!("bench: peers skipped ({}: {e})", args.python);
-            None
-        }
-    }
-}
-
-fn bench_sam(args: &SamArgs, paths: &ModelPaths, threads: usize) -> Result<()> {
-    if args.runs == 0 {
-        return Err(Error::Other("--runs must be at least 1".into()));
-    }
-    let mut rows: Vec<(String, Stats, Stats)> = Vec::new();
-    for variant in Variant::ALL {
-        eprintln!("bench: medsee {variant} ({} runs per stage) …", args.runs);
-        let (encode, decode) = bench_variant(paths, variant, args.runs)?;
-        rows.push((format!("medsee burn-flex {variant}"), encode, decode));
-    }
-    let peers = if args.no_peers { None } else { eprintln!("bench: peers …"); run_peers(args, paths, threads) };
-    if let Some(peers) = &peers {
-        for name in ["pytorch", "onnxruntime"] {
-            let stage = |s: &str| -> Option<Stats> {
-                let v: Vec<f64> = serde_json::from_value(peers.get(name)?.get(s)?.clone()).ok()?;
-                (!v.is_empty()).then(|| Stats::from_seconds(&v))
-            };
-            if let (Some(e), Some(d)) = (stage("encode"), stage("decode")) {
-                rows.push((format!("{name} {} f32", peers["versions"][name].as_str().unwrap_or("")), e, d));
-            }
-        }
-    }
-
-    let best_peer = |pick: fn(&(String, Stats, Stats)) -> f64| {
-        rows.iter().filter(|r| !r.0.starts_with("medsee")).map(pick).fold(f64::INFINITY, f64::min)
+fn bench_sam(args: &BenchArgs, paths: &ModelPaths, threads: usize) -> Result<()> {
+    let mut table = Table {
+        name: "sam",
+        title: "LiteMedSAM: image encode (256×256) and box prompt + mask decode".into(),
+        stages: vec!["image encode", "prompt + decode"],
+        rows: Vec::new(),
     };
-    let best_encode = best_peer(|r| r.1.median_ms);
-    let best_decode = best_peer(|r| r.2.median_ms);
-    println!("\nLiteMedSAM, {threads} threads, median (min–max) ms over {} runs; ratio = best peer / this (≥ 1 is faster)", args.runs);
-    println!("{:<34} {:>24} {:>7} {:>24} {:>7}", "engine", "image encode", "ratio", "prompt + decode", "ratio");
-    for (name, e, d) in &rows {
-        let ratio = |best: f64, own: f64| if best.is_finite() { format!("{:.2}", best / own) } else { "-".into() };
-        println!("{:<34} {:>24} {:>7} {:>24} {:>7}", name, e.cell(), ratio(best_encode, e.median_ms), d.cell(), ratio(best_decode, d.median_ms));
+    for variant in Variant::ALL {
+        eprintln!("bench: medsee litemedsam {variant} …");
+        let segmenter = BoxSegmenter::load(&paths.converted, variant, Device::flex())?;
+        let image = test_image();
+        let encode = time_runs(args.runs, || {
+            let embedding = segmenter.encode(&image);
+            block_on(read_f32(embedding.tensor.slice([0..1, 0..1, 0..1, 0..1])))?;
+            Ok(())
+        })?;
+        let embedding = segmenter.encode(&image);
+        let model_box = Tensor::<1>::from_floats([150.0f32, 60.0, 200.0, 160.0].as_slice(), segmenter.device()).reshape([1, 4]);
+        let decode = time_runs(args.runs, || {
+            let output = segmenter.model().decode_boxes(embedding.tensor.clone(), model_box.clone(), None);
+            block_on(read_f32(output.low_res_masks))?;
+            Ok(())
+        })?;
+        table.rows.push((format!("medsee burn-flex {variant}"), vec![encode, decode]));
     }
-    let rss = peak_rss_mb();
-    if let Some(mb) = rss {
-        println!("peak RSS of this process: {mb:.0} MB");
+    let peers = run_peer(args, "litemedsam_reference.py", &[], paths, threads);
+    if let Some(p) = &peers {
+        table.add_peer_rows(p, &["pytorch", "onnxruntime"], &["encode", "decode"]);
     }
+    table.print_and_save(args, threads, peers)
+}
 
-    let report = json!({
-        "benchmark": "sam",
-        "threads": threads,
-        "runs": args.runs,
-        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "os": std::env::consts::OS, "arch": std::env::consts::ARCH },
-        "rows": rows.iter().map(|(name, e, d)| json!({ "engine": name, "encode": e, "decode": d })).collect::<Vec<_>>(),
-        "peak_rss_mb": rss,
-        "peers_raw": peers,
-    });
-    if let Some(dir) = args.json.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+const DECODE_TOKENS: usize = 32;
+
+fn bench_llm(args: &BenchArgs, paths: &ModelPaths, threads: usize) -> Result<()> {
+    let mut table = Table {
+        name: "llm",
+        title: String::new(),
+        stages: vec!["prefill (whole prompt)", "decode (per token)"],
+        rows: Vec::new(),
+    };
+    let mut prompt_ids = Vec::new();
+    for variant in Variant::ALL {
+        eprintln!("bench: medsee smollm2 {variant} …");
+        let llm = TextModel::load(&paths.converted, variant, &Device::flex())?;
+        let question = "Which part of this chest X-ray helps me breathe, and where is it?";
+        prompt_ids = chat_ids(&llm.tokenizer, &[Message::new(Role::User, question)], true)?;
+        let device = Device::flex();
+        let input = || Tensor::<2, Int>::from_data(TensorData::new(prompt_ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [1, prompt_ids.len()]), &device);
+        let prefill = time_runs(args.runs, || {
+            let out = llm.model.forward_tokens(input(), &mut KvCache::new())?;
+            block_on(read_f32(llm.model.last_logits(out.hidden)))?;
+            Ok(())
+        })?;
+        // Per-token decode: greedy steps after the prompt, each with its logits read back.
+        let mut per_token = Vec::new();
+        for _ in 0..=args.runs {
+            let mut cache = KvCache::new();
+            let out = llm.model.forward_tokens(input(), &mut cache)?;
+            let mut logits = llm.model.last_logits(out.hidden);
+            let started = Instant::now();
+            for _ in 0..DECODE_TOKENS {
+                let row = block_on(read_f32(logits))?;
+                let next = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as i64).unwrap_or(0);
+                let token = Tensor::<2, Int>::from_data(TensorData::new(vec![next], [1, 1]), &device);
+                logits = llm.model.last_logits(llm.model.forward_tokens(token, &mut cache)?.hidden);
+            }
+            per_token.push(started.elapsed().as_secs_f64() / DECODE_TOKENS as f64);
+        }
+        per_token.remove(0); // warm-up
+        table.rows.push((format!("medsee burn-flex {variant}"), vec![prefill, Stats::from_seconds(&per_token)]));
     }
-    std::fs::write(&args.json, serde_json::to_string_pretty(&report).expect("json")).map_err(|e| Error::io(&args.json, e))?;
-    println!("results → {}", args.json.display());
-    Ok(())
+    table.title = format!("SmolLM2-135M: prefill of a {}-token chat prompt, then {DECODE_TOKENS} greedy decode steps", prompt_ids.len());
+    let ids: Vec<String> = prompt_ids.iter().map(|t| t.to_string()).collect();
+    let extra = ["--prompt-ids".to_string(), ids.join(","), "--decode-tokens".into(), DECODE_TOKENS.to_string()];
+    let peers = run_peer(args, "smollm2_reference.py", &extra, paths, threads);
+    if let Some(p) = &peers {
+        table.add_peer_rows(p, &["transformers"], &["prefill", "decode"]);
+    }
+    for (name, stats) in &table.rows {
+        eprintln!("{name}: {:.0} prompt tokens/s, {:.1} decode tokens/s", prompt_ids.len() as f64 / (stats[0].median_ms / 1e3), 1e3 / stats[1].median_ms);
+    }
+    table.print_and_save(args, threads, peers)
 }
 
 pub fn run(which: Which, paths: &ModelPaths, threads: usize) -> Result<()> {
-    match which {
-        Which::Sam(args) => bench_sam(&args, paths, threads),
+    let args = match &which {
+        Which::Sam(a) | Which::Llm(a) => a,
+    };
+    if args.runs == 0 {
+        return Err(Error::Other("--runs must be at least 1".into()));
+    }
+    match &which {
+        Which::Sam(args) => bench_sam(args, paths, threads),
+        Which::Llm(args) => bench_llm(args, paths, threads),
     }
 }

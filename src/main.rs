@@ -36,6 +36,8 @@ enum Command {
     },
     /// Segment the object inside a box (MedSAM-style box prompt).
     Segment(SegmentArgs),
+    /// Ask the language model (SmolLM2) directly; the answer streams to stdout.
+    Chat(ChatArgs),
     /// Benchmarks that print a table and write JSON.
     Bench {
         #[command(subcommand)]
@@ -62,6 +64,27 @@ struct SegmentArgs {
     /// Weights to use.
     #[arg(long, default_value = "q8", value_parser = parse_variant)]
     variant: Variant,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    /// The message to send.
+    prompt: String,
+    /// Weights to use.
+    #[arg(long, default_value = "q8", value_parser = parse_variant)]
+    variant: Variant,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 means greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling mass (with a temperature above 0).
+    #[arg(long, default_value_t = 0.9)]
+    top_p: f32,
+    /// Seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 fn parse_box(text: &str) -> std::result::Result<PixelBox, String> {
@@ -131,6 +154,48 @@ fn segment(paths: &ModelPaths, args: &SegmentArgs) -> Result<()> {
     Ok(())
 }
 
+fn chat(paths: &ModelPaths, args: &ChatArgs) -> Result<()> {
+    use std::io::Write;
+    use medsee::llm::chat::{chat_ids, Message, Role};
+    use medsee::llm::generate::{generate_from_ids, GenerateOptions, Sampling};
+    if args.prompt.trim().is_empty() {
+        return Err(Error::Prompt("the message is empty".into()));
+    }
+    let llm = medsee::llm::TextModel::load(&paths.converted, args.variant, &Device::flex())?;
+    let prompt = chat_ids(&llm.tokenizer, &[Message::new(Role::User, args.prompt.clone())], true)?;
+    let sampling = if args.temperature > 0.0 {
+        Sampling::TopP { temperature: args.temperature, top_p: args.top_p, seed: args.seed }
+    } else {
+        Sampling::Greedy
+    };
+    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, stop_tokens: vec![llm.tokenizer.im_end, llm.tokenizer.end_of_text] };
+    // Decode the whole answer so far each time: byte-level tokens may split a character.
+    let mut answer: Vec<u32> = Vec::new();
+    let mut printed = 0;
+    let started = Instant::now();
+    let generated = futures_lite::future::block_on(generate_from_ids(&llm.model, &prompt, &options, |token| {
+        answer.push(token);
+        if let Ok(text) = llm.tokenizer.decode(&answer) {
+            if text.len() > printed && text.is_char_boundary(printed) && !text.ends_with('\u{fffd}') {
+                print!("{}", &text[printed..]);
+                let _ = std::io::stdout().flush();
+                printed = text.len();
+            }
+        }
+        true
+    }))?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!();
+    eprintln!(
+        "[{} prompt + {} generated tokens in {:.1}s, {:?}]",
+        prompt.len(),
+        generated.tokens.len(),
+        seconds,
+        generated.stop
+    );
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(cli.threads.max(1))
@@ -145,6 +210,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Segment(args) => segment(&paths, &args),
+        Command::Chat(args) => chat(&paths, &args),
         Command::Bench { which } => bench::run(which, &paths, cli.threads),
     }
 }

@@ -16,7 +16,8 @@ use medsee::llm::tokenizer::TextTokenizer;
 use medsee::segment::read_f32;
 use medsee::weights::convert::{read_source, SMOLLM2_TOKENIZER};
 use medsee::weights::gguf::Gguf;
-use medsee::weights::{self, manifest, store, Variant};
+use medsee::llm::TextModel;
+use medsee::weights::{manifest, Variant};
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
@@ -34,11 +35,10 @@ fn ids(v: &Value) -> Vec<u32> {
 }
 
 fn load_llm(variant: Variant) -> Llama {
-    let paths = common::model_paths();
-    let name = weights::converted_file_name(manifest::SMOLLM2, variant);
-    let bytes = store::read_verified(&paths.converted, &name).unwrap();
-    let config = medsee::llm::llama::LlamaConfig::from_gguf(&Gguf::parse(gguf_bytes()).unwrap()).unwrap();
-    weights::load_record(config.init(&Device::flex()), &name, bytes).unwrap()
+    let text_model = TextModel::load(&common::model_paths().converted, variant, &Device::flex()).unwrap();
+    let from_gguf = medsee::llm::llama::LlamaConfig::from_gguf(&Gguf::parse(gguf_bytes()).unwrap()).unwrap();
+    assert_eq!(text_model.config, from_gguf, "converted config differs from the GGUF's");
+    text_model.model
 }
 
 fn next_logits(model: &Llama, prompt: &[u32]) -> Vec<f32> {

@@ -12,7 +12,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use crate::error::{Error, Result};
 use crate::weights::gguf::Gguf;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LlamaConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -320,5 +320,88 @@ impl Llama {
         let [b, s, d] = hidden.dims();
         let last = hidden.narrow(1, s - 1, 1).reshape([b, d]);
         self.output.forward(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::generate::{generate, GenerateOptions, Sampling, StopReason};
+    use crate::segment::read_f32;
+    use futures_lite::future::block_on;
+
+    fn tiny() -> Llama {
+        let config = LlamaConfig {
+            vocab_size: 64,
+            hidden_size: 32,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            ffn_size: 48,
+            rope_theta: 10_000.0,
+            rms_eps: 1e-5,
+            max_sequence: 32,
+        };
+        config.init(&Device::flex())
+    }
+
+    fn tokens(ids: &[i64]) -> Tensor<2, Int> {
+        Tensor::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), &Device::flex())
+    }
+
+    #[test]
+    fn cached_decoding_equals_one_full_pass() {
+        let model = tiny();
+        let ids = [3, 17, 42, 5, 9, 11];
+        let full = model.forward_tokens(tokens(&ids), &mut KvCache::new()).unwrap().hidden;
+        let mut cache = KvCache::new();
+        let mut steps = vec![model.forward_tokens(tokens(&ids[..4]), &mut cache).unwrap().hidden];
+        for &id in &ids[4..] {
+            steps.push(model.forward_tokens(tokens(&[id]), &mut cache).unwrap().hidden);
+        }
+        assert_eq!(cache.len(), ids.len());
+        let stepped = Tensor::cat(steps, 1);
+        let err = (full - stepped).abs().max().into_scalar::<f32>();
+        assert!(err < 1e-5, "cached and uncached passes differ by {err}");
+    }
+
+    #[test]
+    fn later_tokens_do_not_change_earlier_states() {
+        let model = tiny();
+        let a = model.forward_tokens(tokens(&[1, 2, 3]), &mut KvCache::new()).unwrap().hidden;
+        let b = model.forward_tokens(tokens(&[1, 2, 3, 60, 61]), &mut KvCache::new()).unwrap().hidden;
+        let err = (a - b.narrow(1, 0, 3)).abs().max().into_scalar::<f32>();
+        assert!(err < 1e-5, "causal mask leaks: {err}");
+    }
+
+    #[test]
+    fn generation_can_be_cancelled_and_is_bounded() {
+        let model = tiny();
+        let run = |max_tokens, cancel_after: usize| {
+            let mut cache = KvCache::new();
+            let out = model.forward_tokens(tokens(&[1, 2]), &mut cache).unwrap();
+            let options = GenerateOptions { max_tokens, sampling: Sampling::Greedy, stop_tokens: vec![] };
+            let mut seen = 0;
+            block_on(generate(&model, &mut cache, model.last_logits(out.hidden), &options, |_| {
+                seen += 1;
+                seen < cancel_after
+            }))
+            .unwrap()
+        };
+        let cancelled = run(10, 3);
+        assert_eq!((cancelled.tokens.len(), cancelled.stop), (3, StopReason::Cancelled));
+        let bounded = run(5, usize::MAX);
+        assert_eq!((bounded.tokens.len(), bounded.stop), (5, StopReason::MaxTokens));
+    }
+
+    #[test]
+    fn too_long_inputs_are_errors() {
+        let model = tiny();
+        let ids: Vec<i64> = (0..40).collect();
+        assert!(model.forward_tokens(tokens(&ids), &mut KvCache::new()).is_err());
+        // Embeddings are the token's column of the tied head.
+        let e = block_on(read_f32(model.embed(tokens(&[7])))).unwrap();
+        let column = block_on(read_f32(model.output.weight.val().narrow(1, 7, 1))).unwrap();
+        assert_eq!(e, column);
     }
 }

@@ -13,8 +13,9 @@ use super::{converted_file_name, litemedsam, record_bytes, sha256_hex, smollm2, 
 use crate::error::{Error, Result};
 use crate::llm::tokenizer::TextTokenizer;
 
-/// File name of the converted SmolLM2 tokenizer.
+/// File names of the converted SmolLM2 tokenizer and architecture.
 pub const SMOLLM2_TOKENIZER: &str = "smollm2-tokenizer.json";
+pub const SMOLLM2_CONFIG: &str = "smollm2-config.json";
 
 /// Where the fetched sources and the converted files live.
 #[derive(Debug, Clone)]
@@ -59,7 +60,7 @@ pub fn convert_all(paths: &ModelPaths, device: &Device, force: bool, log: &mut d
     type Converter = fn(&ModelPaths, &[u8], &Device, &mut dyn FnMut(&str)) -> Result<Outputs>;
     let converters: [(&str, Vec<String>, Converter); 2] = [
         (manifest::LITEMEDSAM, variant_files(manifest::LITEMEDSAM), convert_litemedsam),
-        (manifest::SMOLLM2, [variant_files(manifest::SMOLLM2), vec![SMOLLM2_TOKENIZER.to_string()]].concat(), convert_smollm2),
+        (manifest::SMOLLM2, [variant_files(manifest::SMOLLM2), vec![SMOLLM2_TOKENIZER.into(), SMOLLM2_CONFIG.into()]].concat(), convert_smollm2),
     ];
     for (id, outputs, convert) in converters {
         let source = manifest::source(id);
@@ -104,7 +105,7 @@ fn convert_smollm2(_paths: &ModelPaths, bytes: &[u8], device: &Device, log: &mut
     let started = Instant::now();
     let gguf = Gguf::parse(bytes)?;
     let tokenizer = TextTokenizer::from_gguf(&gguf)?;
-    let (_, model) = smollm2::load_gguf(&gguf, device)?;
+    let (config, model) = smollm2::load_gguf(&gguf, device)?;
     log(&format!("smollm2: dequantised and mapped to Burn in {:.1}s", started.elapsed().as_secs_f32()));
     let (quantized, report) = smollm2::quantize(model.clone());
     log(&format!("smollm2: q8 quantised {} weight tensors, kept {} in f32", report.quantized, report.kept_f32.len()));
@@ -112,5 +113,6 @@ fn convert_smollm2(_paths: &ModelPaths, bytes: &[u8], device: &Device, log: &mut
         (converted_file_name(manifest::SMOLLM2, Variant::F32), record_bytes(model)?),
         (converted_file_name(manifest::SMOLLM2, Variant::Q8), record_bytes(quantized)?),
         (SMOLLM2_TOKENIZER.to_string(), tokenizer.to_json()?.into_bytes()),
+        (SMOLLM2_CONFIG.to_string(), serde_json::to_vec_pretty(&config).expect("config serialises")),
     ])
 }

@@ -89,13 +89,15 @@ pub fn verify(file: &str, bytes: &[u8], size: u64, sha256: &str) -> Result<()> {
 }
 
 /// Loads burnpack bytes into `module` (its shapes must match exactly), reporting problems as
-/// errors that name `file` instead of panicking.
+/// errors that name `file` instead of panicking. Quantised weights are expanded to f32 for
+/// compute (see [`quantize::dequantize_weights`]).
 pub fn load_record<M: Module>(module: M, file: &str, bytes: Vec<u8>) -> Result<M> {
     let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
         .map_err(|e| Error::weights(file, format!("not a valid burnpack record ({e})")))?;
-    module
+    let module = module
         .try_load_record(record)
-        .map_err(|e| Error::weights(file, format!("does not fit the model ({e})")))
+        .map_err(|e| Error::weights(file, format!("does not fit the model ({e})")))?;
+    Ok(quantize::dequantize_weights(module))
 }
 
 /// Serialises a module as burnpack bytes.
