@@ -9,9 +9,12 @@
 pub mod error;
 pub mod image;
 pub mod llm;
+pub mod rng;
 pub mod sam;
 pub mod segment;
 pub mod weights;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod train;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 

@@ -38,6 +38,23 @@ enum Command {
     Segment(SegmentArgs),
     /// Ask the language model (SmolLM2) directly; the answer streams to stdout.
     Chat(ChatArgs),
+    /// Print generated training questions as JSON lines (question generator of the reasoning model).
+    Questions {
+        /// Data split to draw images from: train or val.
+        #[arg(long, default_value = "train")]
+        split: String,
+        /// Use the held-out phrasings (evaluation) instead of the training ones.
+        #[arg(long)]
+        held_out: bool,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Images to generate questions for.
+        #[arg(long, default_value_t = 5)]
+        images: usize,
+        /// Negative questions per image.
+        #[arg(long, default_value_t = 1)]
+        negatives: usize,
+    },
     /// Benchmarks that print a table and write JSON.
     Bench {
         #[command(subcommand)]
@@ -196,6 +213,30 @@ fn chat(paths: &ModelPaths, args: &ChatArgs) -> Result<()> {
     Ok(())
 }
 
+fn questions(split: &str, held_out: bool, seed: u64, images: usize, negatives: usize) -> Result<()> {
+    use medsee::train::dataset::{Dataset, Split};
+    use medsee::train::knowledge::Knowledge;
+    use medsee::train::questions::{Phrasings, QuestionGenerator};
+    let split = match split {
+        "train" => Split::Train,
+        "val" => Split::Val,
+        other => return Err(Error::Other(format!("unknown split {other:?} (train or val)"))),
+    };
+    let data = Dataset::load(&Dataset::default_root())?;
+    let others: Vec<(String, Vec<String>)> = data.classes().into_iter().collect();
+    let phrasings = if held_out { Phrasings::HeldOut } else { Phrasings::Train };
+    let generator = QuestionGenerator::new(Knowledge::load()?, phrasings);
+    let mut rng = medsee::rng::SplitMix64::new(seed);
+    let items: Vec<_> = data.split(split).collect();
+    for _ in 0..images.min(items.len()) {
+        let item = items[rng.below(items.len())];
+        for q in generator.for_image(item, &others, negatives, &mut rng) {
+            println!("{}", serde_json::json!({ "image": item.image, "modality": item.modality, "question": q }));
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(cli.threads.max(1))
@@ -211,6 +252,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Segment(args) => segment(&paths, &args),
         Command::Chat(args) => chat(&paths, &args),
+        Command::Questions { split, held_out, seed, images, negatives } => questions(&split, held_out, seed, images, negatives),
         Command::Bench { which } => bench::run(which, &paths, cli.threads),
     }
 }

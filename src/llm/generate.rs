@@ -6,6 +6,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use super::llama::{KvCache, Llama};
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64 as Rng;
 use crate::segment::read_f32;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,21 +35,6 @@ pub enum StopReason {
 pub struct Generated {
     pub tokens: Vec<u32>,
     pub stop: StopReason,
-}
-
-/// SplitMix64: small, fast and identical on every platform, so a seed reproduces a sample.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// Picks the next token from `logits` (one row, vocab wide).
@@ -104,7 +90,7 @@ pub async fn generate(
         Sampling::TopP { seed, .. } => seed,
         Sampling::Greedy => 0,
     };
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let device = next_logits.device();
     let mut logits = next_logits;
     let mut tokens = Vec::new();
@@ -151,7 +137,7 @@ mod tests {
 
     #[test]
     fn greedy_takes_the_argmax_and_nan_is_an_error() {
-        let mut rng = Rng(1);
+        let mut rng = Rng::new(1);
         assert_eq!(sample(&[0.1, 3.0, -1.0], Sampling::Greedy, &mut rng).unwrap(), 1);
         assert!(sample(&[0.1, f32::NAN], Sampling::Greedy, &mut rng).is_err());
     }
@@ -161,12 +147,12 @@ mod tests {
         // Token 0 holds ~88 % of the mass: with top_p 0.5 only it can be drawn.
         let logits = [4.0, 2.0, 0.0, -2.0];
         let nucleus = Sampling::TopP { temperature: 1.0, top_p: 0.5, seed: 7 };
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         assert!((0..200).all(|_| sample(&logits, nucleus, &mut rng).unwrap() == 0));
         // With the full distribution every token shows up, and a seed replays the same draws.
         let full = Sampling::TopP { temperature: 2.0, top_p: 1.0, seed: 3 };
         let draw = |seed| {
-            let mut rng = Rng(seed);
+            let mut rng = Rng::new(seed);
             (0..400).map(|_| sample(&logits, full, &mut rng).unwrap()).collect::<Vec<_>>()
         };
         let a = draw(3);

@@ -1,0 +1,6 @@
+//! Training data (native only): the medseg data set from `../shared`, the knowledge table, and
+//! the generator of implicit, explicit, follow-up and negative questions.
+
+pub mod dataset;
+pub mod knowledge;
+pub mod questions;

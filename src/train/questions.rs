@@ -1,0 +1,383 @@
+//! Questions about an image and their reference answers, generated from the knowledge table
+//! (MediSee's MLMR-SD recipe): explicit requests ("segment the spleen") and implicit questions
+//! from five perspectives — function, location, appearance, related condition, colloquial —
+//! plus follow-ups in a conversation and negatives whose target is not in the image.
+//!
+//! Each perspective has six phrasings; the last two are held out of training so evaluation
+//! measures unseen phrasings. Generation is deterministic for a seed.
+
+use super::dataset::ImageItem;
+use super::knowledge::{Knowledge, Structure};
+use crate::rng::SplitMix64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Perspective {
+    Explicit,
+    Function,
+    Location,
+    Appearance,
+    Condition,
+    Colloquial,
+}
+
+impl Perspective {
+    pub const ALL: [Perspective; 6] = [
+        Perspective::Explicit,
+        Perspective::Function,
+        Perspective::Location,
+        Perspective::Appearance,
+        Perspective::Condition,
+        Perspective::Colloquial,
+    ];
+
+    /// Phrasings with a `{}` slot; the last `HELD_OUT` are never used for training.
+    fn templates(self) -> [&'static str; 6] {
+        match self {
+            Perspective::Explicit => [
+                "Segment the {}.",
+                "Show me the {}.",
+                "Where is the {} in this image?",
+                "Outline the {}.",
+                "Please mark the {} on this picture.",
+                "Can you find the {} here?",
+            ],
+            Perspective::Function => [
+                "Which part of this image {}?",
+                "Show me the part that {}.",
+                "Where is the structure that {}?",
+                "What here {}?",
+                "Point out what {} in this picture.",
+                "I'd like to see the part that {}.",
+            ],
+            Perspective::Location => [
+                "What is the structure {}?",
+                "Highlight what lies {}.",
+                "Which structure sits {}?",
+                "Segment the thing {}.",
+                "Find what is {}.",
+                "Mark the structure located {}.",
+            ],
+            Perspective::Appearance => [
+                "Where is {}?",
+                "Segment {}.",
+                "Which region shows {}?",
+                "Outline {} for me.",
+                "Can you point to {}?",
+                "Mark {} in this picture.",
+            ],
+            Perspective::Condition => [
+                "My doctor mentioned {}. Which part of this image is involved?",
+                "Where would {} show up in this image?",
+                "I was told I may have {}; show me the area concerned.",
+                "Which structure is related to {}?",
+                "What should I look at here for {}?",
+                "Show the part of this scan linked to {}.",
+            ],
+            Perspective::Colloquial => [
+                "Where is {}?",
+                "Show me {}.",
+                "Can you find {} in this picture?",
+                "Which bit is {}?",
+                "Point out {}, please.",
+                "I want to see {}.",
+            ],
+        }
+    }
+}
+
+pub const HELD_OUT: usize = 2;
+
+/// Which phrasings a generator draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phrasings {
+    Train,
+    HeldOut,
+}
+
+impl Phrasings {
+    fn range(self) -> std::ops::Range<usize> {
+        match self {
+            Phrasings::Train => 0..6 - HELD_OUT,
+            Phrasings::HeldOut => 6 - HELD_OUT..6,
+        }
+    }
+}
+
+/// One earlier exchange of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Turn {
+    pub question: String,
+    pub answer: String,
+}
+
+/// A question with its target and reference answer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Question {
+    pub text: String,
+    pub history: Vec<Turn>,
+    pub perspective: Perspective,
+    pub template: usize,
+    /// The class to segment; `None` when the structure asked about is absent.
+    pub target: Option<String>,
+    /// What the structure asked about is (also for negatives).
+    pub asked: String,
+    pub answer: String,
+}
+
+/// "X-ray", "CT scan", … for answers.
+pub fn modality_noun(modality: &str) -> &'static str {
+    match modality {
+        "xray" => "X-ray",
+        "ct" => "CT scan",
+        "mri" => "MRI scan",
+        "ultrasound" => "ultrasound image",
+        "endoscopy" => "endoscopy image",
+        "dermoscopy" => "skin close-up",
+        "fundus" => "photo of the back of the eye",
+        "histology" => "microscope slide",
+        "microscopy" => "microscope image",
+        "mammography" => "mammogram",
+        _ => "image",
+    }
+}
+
+/// The knowledge table speaks as the patient ("lets me breathe"); answers speak to them.
+fn addressed_to_reader(text: &str) -> String {
+    text.split(' ')
+        .map(|word| match word {
+            "me" => "you",
+            "my" => "your",
+            "I" => "you",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub struct QuestionGenerator {
+    knowledge: Knowledge,
+    phrasings: Phrasings,
+}
+
+impl QuestionGenerator {
+    pub fn new(knowledge: Knowledge, phrasings: Phrasings) -> Self {
+        Self { knowledge, phrasings }
+    }
+
+    pub fn knowledge(&self) -> &Knowledge {
+        &self.knowledge
+    }
+
+    /// The slot filler of `perspective` for a structure; sided structures get their side.
+    fn filler(&self, s: &Structure, perspective: Perspective, rng: &mut SplitMix64) -> String {
+        let e = &s.entry;
+        match perspective {
+            Perspective::Explicit => {
+                let base = if rng.below(3) == 0 && !e.synonyms.is_empty() { rng.pick(&e.synonyms).clone() } else { e.name.clone() };
+                match s.side {
+                    Some(side) => format!("{} {base}", side.word()),
+                    None => base,
+                }
+            }
+            Perspective::Function => e.function.clone(),
+            Perspective::Location => e.location.clone(),
+            Perspective::Appearance => e.appearance.clone(),
+            Perspective::Condition => rng.pick(&e.conditions).clone(),
+            Perspective::Colloquial => rng.pick(&e.colloquial).clone(),
+        }
+    }
+
+    fn question_text(&self, s: &Structure, perspective: Perspective, template: usize, rng: &mut SplitMix64) -> String {
+        let text = perspective.templates()[template].replacen("{}", &self.filler(s, perspective, rng), 1);
+        match (s.side, perspective) {
+            (Some(side), p) if p != Perspective::Explicit => format!("{text} I mean the one on my {} side.", side.word()),
+            _ => text,
+        }
+    }
+
+    fn positive_answer(&self, s: &Structure) -> String {
+        let e = &s.entry;
+        let place = match s.side {
+            Some(side) => format!("{}, on your {} side ({})", e.location, side.word(), side.on_image()),
+            None => e.location.clone(),
+        };
+        format!("This is the {}, {place}. It {}.", s.name(), addressed_to_reader(&e.function))
+    }
+
+    fn negative_answer(&self, s: &Structure, modality: &str) -> String {
+        format!(
+            "I can't find the {} in this {}. The {} {}, but it is not visible here.",
+            s.name(),
+            modality_noun(modality),
+            s.entry.name,
+            addressed_to_reader(&s.entry.function)
+        )
+    }
+
+    fn pick_template(&self, rng: &mut SplitMix64) -> usize {
+        let range = self.phrasings.range();
+        range.start + rng.below(range.len())
+    }
+
+    /// A question whose answer is `target` (present in the image).
+    pub fn positive(&self, target: &Structure, rng: &mut SplitMix64) -> Question {
+        let perspective = *rng.pick(&Perspective::ALL);
+        let template = self.pick_template(rng);
+        Question {
+            text: self.question_text(target, perspective, template, rng),
+            history: Vec::new(),
+            perspective,
+            template,
+            target: Some(target.class.clone()),
+            asked: target.class.clone(),
+            answer: self.positive_answer(target),
+        }
+    }
+
+    /// A question about `absent`, a structure that is not in this image.
+    pub fn negative(&self, absent: &Structure, modality: &str, rng: &mut SplitMix64) -> Question {
+        let perspective = *rng.pick(&Perspective::ALL);
+        let template = self.pick_template(rng);
+        Question {
+            text: self.question_text(absent, perspective, template, rng),
+            history: Vec::new(),
+            perspective,
+            template,
+            target: None,
+            asked: absent.class.clone(),
+            answer: self.negative_answer(absent, modality),
+        }
+    }
+
+    /// Questions for one image: one per annotated object, a follow-up that continues the
+    /// conversation when there are several objects, and `negatives` questions about structures
+    /// from other modalities. `other_classes` lists (class, modalities) to draw negatives from.
+    pub fn for_image(&self, item: &ImageItem, other_classes: &[(String, Vec<String>)], negatives: usize, rng: &mut SplitMix64) -> Vec<Question> {
+        let structures: Vec<Structure> = item.objects.iter().filter_map(|o| self.knowledge.structure(&o.class)).collect();
+        let mut out: Vec<Question> = structures.iter().map(|s| self.positive(s, rng)).collect();
+        if structures.len() >= 2 {
+            let first = rng.below(structures.len());
+            let second = (first + 1 + rng.below(structures.len() - 1)) % structures.len();
+            let opening = self.positive(&structures[first], rng);
+            let mut follow = self.positive(&structures[second], rng);
+            follow.history = vec![Turn { question: opening.text, answer: opening.answer }];
+            follow.text = format!("And now: {}", follow.text);
+            out.push(follow);
+        }
+        let absent: Vec<&(String, Vec<String>)> = other_classes.iter().filter(|(_, m)| !m.contains(&item.modality)).collect();
+        for _ in 0..negatives.min(absent.len()) {
+            let (class, _) = *rng.pick(&absent);
+            if let Some(s) = self.knowledge.structure(class) {
+                out.push(self.negative(&s, &item.modality, rng));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::dataset::{Dataset, Record, Split};
+    use super::*;
+
+    fn generator(phrasings: Phrasings) -> QuestionGenerator {
+        QuestionGenerator::new(Knowledge::load().unwrap(), phrasings)
+    }
+
+    fn chest_xray() -> ImageItem {
+        let record = |class: &str| Record {
+            id: "x/1".into(),
+            set: "x".into(),
+            modality: "xray".into(),
+            image: "images/x/1.png".into(),
+            mask: format!("masks/x/1__{class}.png"),
+            class: class.into(),
+            width: 100,
+            height: 100,
+            bbox: [1, 1, 50, 50],
+            area: 100,
+            split: Split::Train,
+        };
+        ImageItem {
+            id: "x/1".into(),
+            modality: "xray".into(),
+            image: "images/x/1.png".into(),
+            split: Split::Train,
+            objects: vec![record("heart"), record("left_lung"), record("right_clavicle")],
+        }
+    }
+
+    fn others() -> Vec<(String, Vec<String>)> {
+        vec![("optic_disc".into(), vec!["fundus".into()]), ("heart".into(), vec!["xray".into()]), ("polyp".into(), vec!["endoscopy".into()])]
+    }
+
+    #[test]
+    fn deterministic_for_a_seed() {
+        let g = generator(Phrasings::Train);
+        let run = |seed| g.for_image(&chest_xray(), &others(), 2, &mut SplitMix64::new(seed));
+        assert_eq!(run(5), run(5));
+        assert_ne!(run(5), run(6));
+    }
+
+    #[test]
+    fn held_out_phrasings_never_reach_training() {
+        let (train, held) = (generator(Phrasings::Train), generator(Phrasings::HeldOut));
+        let mut rng = SplitMix64::new(1);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..300 {
+            for q in train.for_image(&chest_xray(), &others(), 1, &mut rng) {
+                assert!(q.template < 6 - HELD_OUT, "{q:?}");
+                seen.insert(q.perspective);
+            }
+            for q in held.for_image(&chest_xray(), &others(), 1, &mut rng) {
+                assert!(q.template >= 6 - HELD_OUT, "{q:?}");
+            }
+        }
+        assert_eq!(seen.len(), Perspective::ALL.len(), "every perspective is generated");
+    }
+
+    #[test]
+    fn negatives_ask_for_absent_structures_and_say_so() {
+        let g = generator(Phrasings::Train);
+        let questions = g.for_image(&chest_xray(), &others(), 2, &mut SplitMix64::new(3));
+        let negatives: Vec<&Question> = questions.iter().filter(|q| q.target.is_none()).collect();
+        assert_eq!(negatives.len(), 2);
+        for q in negatives {
+            assert!(q.asked == "optic_disc" || q.asked == "polyp", "{q:?}");
+            assert!(q.answer.starts_with("I can't find"), "{}", q.answer);
+        }
+        let follow = questions.iter().find(|q| !q.history.is_empty()).expect("a follow-up");
+        assert!(follow.text.starts_with("And now:"));
+        let lung = questions.iter().find(|q| q.target.as_deref() == Some("left_lung")).unwrap();
+        assert!(lung.answer.contains("left side (on the right of the image)"), "{}", lung.answer);
+        assert!(lung.answer.contains("lets you breathe"), "{}", lung.answer);
+        for q in &questions {
+            assert!(!q.text.contains('{') && !q.answer.contains('{'), "unfilled slot: {q:?}");
+        }
+    }
+
+    /// Every class of the real data set (classes.json, test-only classes included) has an entry,
+    /// and every entry serves some class.
+    #[test]
+    fn knowledge_covers_the_data_set_exactly() {
+        let root = Dataset::default_root();
+        if !root.join("index.jsonl").exists() {
+            eprintln!("SKIPPED: ../shared/data/medseg is not beside this checkout");
+            return;
+        }
+        let data = Dataset::load(&root).unwrap();
+        let knowledge = Knowledge::load().unwrap();
+        let classes = data.all_classes().unwrap();
+        assert!(data.classes().keys().all(|c| classes.contains_key(c)));
+        let missing: Vec<&String> = classes.keys().filter(|c| knowledge.structure(c).is_none()).collect();
+        assert!(missing.is_empty(), "classes without knowledge: {missing:?}");
+        let used: std::collections::HashSet<String> = classes
+            .keys()
+            .map(|c| c.trim_start_matches("left_").trim_start_matches("right_").to_string())
+            .chain(classes.keys().cloned())
+            .collect();
+        let unused: Vec<&String> = knowledge.keys().filter(|k| !used.contains(*k)).collect();
+        assert!(unused.is_empty(), "knowledge entries no class uses: {unused:?}");
+        assert!(data.split(Split::Val).count() > 100);
+    }
+}
