@@ -9,6 +9,7 @@
 pub mod error;
 pub mod image;
 pub mod llm;
+pub mod reason;
 pub mod rng;
 pub mod sam;
 pub mod segment;

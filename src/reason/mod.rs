@@ -1,0 +1,207 @@
+//! The reasoning segmenter (MediSee's graph on LiteMedSAM + SmolLM2): vision tokens from the
+//! cached image embedding → one LLM pass over question + forced answer with K candidate tokens →
+//! candidate fusion → box, seg prompt, similarity map, presence → LiteMedSAM's mask decoder.
+//!
+//! Only the modules here (and optionally LoRA on the LLM) are trained; LiteMedSAM and SmolLM2
+//! stay frozen.
+
+pub mod fusion;
+pub mod heads;
+pub mod projector;
+pub mod sequence;
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+
+use crate::error::Result;
+use crate::llm::llama::{KvCache, Llama};
+use crate::sam::mask_decoder::MaskDecoderOutput;
+use crate::sam::{LiteMedSam, INPUT_SIZE};
+use fusion::{CandidateFusion, Fused};
+use heads::{cxcywh_to_xyxy, BoxHead, PresenceHead, SegPrompt, SimilarityHead};
+use projector::VisionProjector;
+use sequence::Layout;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReasonConfig {
+    /// K: `[SEG]`, `[BBOX]` and K−2 extra candidate tokens.
+    pub candidates: usize,
+    /// LLM width (576 for SmolLM2-135M).
+    pub llm_dim: usize,
+    /// Image embedding channels (256) and SAM prompt width (256).
+    pub embedding_channels: usize,
+    /// Pooling window over the 64×64 embedding: 8 gives 64 vision tokens.
+    pub pool: usize,
+    pub hidden: usize,
+}
+
+impl ReasonConfig {
+    pub fn smollm2_litemedsam() -> Self {
+        Self { candidates: 4, llm_dim: 576, embedding_channels: 256, pool: 8, hidden: 256 }
+    }
+
+    pub fn vision_tokens(&self, embedding_size: usize) -> usize {
+        (embedding_size / self.pool).pow(2)
+    }
+
+    pub fn init(&self, device: &Device) -> ReasoningHeads {
+        let d = self.llm_dim;
+        ReasoningHeads {
+            candidate_embeddings: Param::from_tensor(Tensor::random([self.candidates, d], Distribution::Normal(0.0, 0.02), device)),
+            projector: VisionProjector::new(self.embedding_channels, d, self.pool, device),
+            fusion: CandidateFusion::new(self.candidates, d, self.hidden, device),
+            box_head: BoxHead::new(d, self.hidden, device),
+            seg_prompt: SegPrompt::new(d, self.embedding_channels, device),
+            similarity: SimilarityHead::new(d, self.embedding_channels, device),
+            presence: PresenceHead::new(d, device),
+        }
+    }
+}
+
+/// Everything the graph trains.
+#[derive(Module, Debug)]
+pub struct ReasoningHeads {
+    /// Input embeddings of the K candidate tokens (they are not in the LLM's vocabulary).
+    pub candidate_embeddings: Param<Tensor<2>>,
+    pub projector: VisionProjector,
+    pub fusion: CandidateFusion,
+    pub box_head: BoxHead,
+    pub seg_prompt: SegPrompt,
+    pub similarity: SimilarityHead,
+    pub presence: PresenceHead,
+}
+
+/// One question's outputs (batch 1).
+#[derive(Debug, Clone)]
+pub struct ReasonOutput {
+    /// Last-layer hidden states of the K candidates, `[1, K, D]`.
+    pub candidates: Tensor<3>,
+    pub fused: Fused,
+    /// `[1, 4]` (cx, cy, w, h) in [0, 1] of the padded 256×256 input.
+    pub box_cxcywh: Tensor<2>,
+    /// `[1]`: logit that the structure is present.
+    pub presence_logit: Tensor<1>,
+    /// `[1, 64, 64]` cosine similarity ("where the model looked").
+    pub similarity: Tensor<3>,
+    pub decoder: MaskDecoderOutput,
+}
+
+fn text_embeddings(llm: &Llama, ids: &[u32], device: &Device) -> Tensor<3> {
+    let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    let n = ids.len();
+    llm.embed(Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), device))
+}
+
+impl ReasoningHeads {
+    pub fn candidates(&self) -> usize {
+        self.candidate_embeddings.dims()[0]
+    }
+
+    /// The LLM input for `layout`: text, vision tokens, more text, candidate tokens.
+    pub fn input_embeddings(&self, llm: &Llama, embedding: Tensor<4>, layout: &Layout) -> Tensor<3> {
+        let device = embedding.device();
+        let vision = self.projector.forward(embedding);
+        Tensor::cat(
+            vec![
+                text_embeddings(llm, &layout.before_vision, &device),
+                vision,
+                text_embeddings(llm, &layout.after_vision, &device),
+                self.candidate_embeddings.val().unsqueeze(),
+            ],
+            1,
+        )
+    }
+
+    /// Runs the whole graph for one image embedding (`[1, 256, 64, 64]`) and question layout.
+    pub fn forward(&self, sam: &LiteMedSam, llm: &Llama, embedding: Tensor<4>, layout: &Layout) -> Result<ReasonOutput> {
+        let inputs = self.input_embeddings(llm, embedding.clone(), layout);
+        let hidden = llm.forward_embeddings(inputs, &mut KvCache::new())?.hidden;
+        let candidates = hidden.narrow(1, layout.candidate_position(0), self.candidates());
+        let fused = self.fusion.forward(candidates.clone());
+        let box_cxcywh = self.box_head.forward(fused.bbox.clone());
+        let seg_token = self.seg_prompt.forward(fused.seg.clone());
+        let decoder = sam.decode_boxes(embedding.clone(), cxcywh_to_xyxy(box_cxcywh.clone(), INPUT_SIZE as f64), Some(seg_token));
+        Ok(ReasonOutput {
+            similarity: self.similarity.forward(fused.seg.clone(), embedding),
+            presence_logit: self.presence.forward(fused.seg.clone()),
+            candidates,
+            fused,
+            box_cxcywh,
+            decoder,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::llama::LlamaConfig;
+    use crate::sam::LiteMedSamConfig;
+
+    fn tiny_llm(device: &Device) -> Llama {
+        LlamaConfig {
+            vocab_size: 64,
+            hidden_size: 32,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            ffn_size: 48,
+            rope_theta: 10_000.0,
+            rms_eps: 1e-5,
+            max_sequence: 128,
+        }
+        .init(device)
+    }
+
+    fn setup() -> (Device, LiteMedSam, Llama, ReasoningHeads, Layout, Tensor<4>) {
+        let device = Device::flex();
+        let config = ReasonConfig { candidates: 4, llm_dim: 32, embedding_channels: 256, pool: 16, hidden: 16 };
+        let layout = Layout { before_vision: vec![1, 5, 9], after_vision: vec![7, 8, 2, 3], vision_tokens: config.vision_tokens(64), candidates: 4 };
+        let embedding = Tensor::random([1, 256, 64, 64], Distribution::Normal(0.0, 1.0), &device);
+        (device.clone(), LiteMedSamConfig::default().init(&device), tiny_llm(&device), config.init(&device), layout, embedding)
+    }
+
+    fn candidate_states(heads: &ReasoningHeads, sam: &LiteMedSam, llm: &Llama, layout: &Layout, embedding: Tensor<4>) -> Tensor<3> {
+        heads.forward(sam, llm, embedding, layout).unwrap().candidates
+    }
+
+    /// Candidate k's state must be read at candidate k's own position: it changes when that
+    /// candidate's embedding changes (reading one position early would not) and not when a later
+    /// candidate changes (reading one position late would).
+    #[test]
+    fn candidate_states_are_read_at_their_own_positions() {
+        let (_, sam, llm, heads, layout, embedding) = setup();
+        assert_eq!(layout.candidate_position(0), 3 + 16 + 4);
+        assert_eq!(layout.len(), 3 + 16 + 4 + 4);
+        let base = candidate_states(&heads, &sam, &llm, &layout, embedding.clone());
+        let mut changed = heads.clone();
+        let table = changed.candidate_embeddings.val();
+        let bumped = table.clone().slice_assign([1..2, 0..32], table.narrow(0, 1, 1) + 1.0);
+        changed.candidate_embeddings = Param::from_tensor(bumped);
+        let after = candidate_states(&changed, &sam, &llm, &layout, embedding);
+        let diff = |k: usize| (base.clone().narrow(1, k, 1) - after.clone().narrow(1, k, 1)).abs().max().into_scalar::<f32>();
+        assert_eq!(diff(0), 0.0, "candidate 0 must not see candidate 1");
+        assert!(diff(1) > 1e-4, "candidate 1's state must depend on its own embedding");
+        assert!(diff(2) > 1e-4 && diff(3) > 1e-4, "later candidates see earlier ones");
+    }
+
+    #[test]
+    fn fusion_weights_are_a_distribution_and_outputs_have_their_shapes() {
+        let (_, sam, llm, heads, layout, embedding) = setup();
+        let out = heads.forward(&sam, &llm, embedding, &layout).unwrap();
+        for w in [out.fused.seg_weights.clone(), out.fused.box_weights.clone()] {
+            assert_eq!(w.dims(), [1, 4]);
+            let sum = w.clone().sum().into_scalar::<f32>();
+            assert!((sum - 1.0).abs() < 1e-5, "weights sum to {sum}");
+            assert!(w.min().into_scalar::<f32>() > 0.0);
+        }
+        assert_eq!(out.decoder.low_res_masks.dims(), [1, 1, 256, 256]);
+        let b = out.box_cxcywh.clone();
+        assert!(b.clone().min().into_scalar::<f32>() >= 0.0 && b.max().into_scalar::<f32>() <= 1.0);
+        assert_eq!(out.similarity.dims(), [1, 64, 64]);
+        assert!(out.similarity.abs().max().into_scalar::<f32>() <= 1.0 + 1e-5);
+        assert_eq!(out.presence_logit.dims(), [1]);
+        // The seg token is appended after the two box corners: 1 IoU + 4 mask + 2 corners + 1 = 8 tokens.
+        assert_eq!(out.decoder.tokens.dims(), [1, 8, 256]);
+    }
+}
