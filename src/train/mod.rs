@@ -3,4 +3,5 @@
 
 pub mod dataset;
 pub mod knowledge;
+pub mod losses;
 pub mod questions;
