@@ -226,7 +226,11 @@ fn bench_sam(args: &BenchArgs, paths: &ModelPaths, threads: usize) -> Result<()>
     table.print_and_save(args, threads, peers)
 }
 
-const DECODE_TOKENS: usize = 32;
+const DECODE_TOKENS: usize = 64;
+/// A chat prompt of about 100 tokens with the default system turn.
+const LLM_PROMPT: &str = "I had a chest X-ray last week because of a cough that has lasted for more than a month. \
+    The report mentions the lungs, the heart and the clavicles. Which part of this X-ray helps me breathe, \
+    where exactly is it on the image, and what would a doctor look for there if they were worried about an infection?";
 
 fn bench_llm(args: &BenchArgs, paths: &ModelPaths, threads: usize) -> Result<()> {
     let mut table = Table {
@@ -239,8 +243,7 @@ fn bench_llm(args: &BenchArgs, paths: &ModelPaths, threads: usize) -> Result<()>
     for variant in Variant::ALL {
         eprintln!("bench: medsee smollm2 {variant} …");
         let llm = TextModel::load(&paths.converted, variant, &Device::flex())?;
-        let question = "Which part of this chest X-ray helps me breathe, and where is it?";
-        prompt_ids = chat_ids(&llm.tokenizer, &[Message::new(Role::User, question)], true)?;
+        prompt_ids = chat_ids(&llm.tokenizer, &[Message::new(Role::User, LLM_PROMPT)], true)?;
         let device = Device::flex();
         let input = || Tensor::<2, Int>::from_data(TensorData::new(prompt_ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [1, prompt_ids.len()]), &device);
         let prefill = time_runs(args.runs, || {
