@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 pub enum Which {
     /// LiteMedSAM: image encode and prompt+decode latency, f32 and Q8, vs PyTorch and onnxruntime.
     Sam(BenchArgs),
-    /// SmolLM2: prompt prefill and per-token decode latency, f32 and Q8, vs transformers.
+    /// SmolLM2: prompt prefill and per-token decode latency, f32 and Q8, vs llama.cpp and transformers.
     Llm(BenchArgs),
 }
 
@@ -85,8 +85,9 @@ struct Table {
 }
 
 impl Table {
-    fn add_peer_rows(&mut self, peers: &Value, names: &[&str], keys: &[&str]) {
-        for name in names {
+    /// Adds a row per `(peer, precision)` found in the peer script's output.
+    fn add_peer_rows(&mut self, peers: &Value, names: &[(&str, &str)], keys: &[&str]) {
+        for (name, precision) in names {
             let stats: Option<Vec<Stats>> = keys
                 .iter()
                 .map(|key| {
@@ -96,7 +97,7 @@ impl Table {
                 .collect();
             if let Some(stats) = stats {
                 let version = peers["versions"][name].as_str().unwrap_or("");
-                self.rows.push((format!("{name} {version} f32"), stats));
+                self.rows.push((format!("{name} {version} {precision}"), stats));
             }
         }
     }
@@ -221,7 +222,7 @@ fn bench_sam(args: &BenchArgs, paths: &ModelPaths, threads: usize) -> Result<()>
     }
     let peers = run_peer(args, "litemedsam_reference.py", &[], paths, threads);
     if let Some(p) = &peers {
-        table.add_peer_rows(p, &["pytorch", "onnxruntime"], &["encode", "decode"]);
+        table.add_peer_rows(p, &[("pytorch", "f32"), ("onnxruntime", "f32")], &["encode", "decode"]);
     }
     table.print_and_save(args, threads, peers)
 }
@@ -274,7 +275,7 @@ fn bench_llm(args: &BenchArgs, paths: &ModelPaths, threads: usize) -> Result<()>
     let extra = ["--prompt-ids".to_string(), ids.join(","), "--decode-tokens".into(), DECODE_TOKENS.to_string()];
     let peers = run_peer(args, "smollm2_reference.py", &extra, paths, threads);
     if let Some(p) = &peers {
-        table.add_peer_rows(p, &["transformers"], &["prefill", "decode"]);
+        table.add_peer_rows(p, &[("llama.cpp", "Q4_1"), ("transformers", "f32")], &["prefill", "decode"]);
     }
     for (name, stats) in &table.rows {
         eprintln!("{name}: {:.0} prompt tokens/s, {:.1} decode tokens/s", prompt_ids.len() as f64 / (stats[0].median_ms / 1e3), 1e3 / stats[1].median_ms);

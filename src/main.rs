@@ -55,6 +55,26 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         negatives: usize,
     },
+    /// Train the reasoning heads (LiteMedSAM and SmolLM2 frozen); resumes from a checkpoint.
+    Train {
+        #[arg(long, default_value_t = 2000)]
+        steps: usize,
+        #[arg(long, default_value_t = 3e-4)]
+        lr: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Training images per data set.
+        #[arg(long, default_value_t = 24)]
+        images_per_set: usize,
+        /// Share of questions about absent structures.
+        #[arg(long, default_value_t = 0.2)]
+        negative_rate: f64,
+        #[arg(long, default_value_t = 50)]
+        checkpoint_every: usize,
+        /// Output folder (heads, state, curves, embedding cache).
+        #[arg(long, default_value = "models/train")]
+        out: PathBuf,
+    },
     /// Benchmarks that print a table and write JSON.
     Bench {
         #[command(subcommand)]
@@ -253,6 +273,18 @@ fn run(cli: Cli) -> Result<()> {
         Command::Segment(args) => segment(&paths, &args),
         Command::Chat(args) => chat(&paths, &args),
         Command::Questions { split, held_out, seed, images, negatives } => questions(&split, held_out, seed, images, negatives),
+        Command::Train { steps, lr, seed, images_per_set, negative_rate, checkpoint_every, out } => {
+            let config = medsee::train::trainer::TrainConfig {
+                steps,
+                learning_rate: lr,
+                seed,
+                images_per_set,
+                negative_rate,
+                checkpoint_every: checkpoint_every.max(1),
+                output_dir: out,
+            };
+            medsee::train::trainer::train(&paths, &config, &mut |line| println!("train: {line}"))
+        }
         Command::Bench { which } => bench::run(which, &paths, cli.threads),
     }
 }

@@ -1,7 +1,10 @@
 //! Training data (native only): the medseg data set from `../shared`, the knowledge table, and
 //! the generator of implicit, explicit, follow-up and negative questions.
 
+pub mod cache;
 pub mod dataset;
 pub mod knowledge;
 pub mod losses;
 pub mod questions;
+pub mod targets;
+pub mod trainer;

@@ -1,0 +1,43 @@
+//! Training targets in the model's frame: the ground-truth mask resized like the image and padded
+//! to 256×256 (the low-resolution logits' frame), its 64×64 version for the similarity map, and
+//! the normalised box.
+
+use image::imageops::{resize, FilterType};
+
+use super::dataset::Record;
+use crate::error::{Error, Result};
+use crate::image::preprocess::scaled_size;
+use crate::sam::INPUT_SIZE;
+
+pub struct Targets {
+    /// 256×256, 0/1, row-major.
+    pub mask: Vec<f32>,
+    /// 64×64 fraction of foreground in each 4×4 cell, thresholded at 0.5.
+    pub coarse_mask: Vec<f32>,
+    /// (cx, cy, w, h) in [0, 1] of the padded 256×256 frame.
+    pub box_cxcywh: [f32; 4],
+}
+
+impl Targets {
+    pub fn load(root: &std::path::Path, record: &Record) -> Result<Self> {
+        let path = root.join(&record.mask);
+        let mask = image::open(&path).map_err(|e| Error::Other(format!("{}: {e}", path.display())))?.to_luma8();
+        let (w, h, scale) = scaled_size(mask.width(), mask.height());
+        let small = resize(&mask, w, h, FilterType::Nearest);
+        let side = INPUT_SIZE;
+        let mut full = vec![0.0f32; side * side];
+        for (x, y, p) in small.enumerate_pixels() {
+            full[y as usize * side + x as usize] = if p.0[0] > 127 { 1.0 } else { 0.0 };
+        }
+        let coarse_side = side / 4;
+        let mut coarse = vec![0.0f32; coarse_side * coarse_side];
+        for cy in 0..coarse_side {
+            for cx in 0..coarse_side {
+                let sum: f32 = (0..4).flat_map(|dy| (0..4).map(move |dx| (dy, dx))).map(|(dy, dx)| full[(cy * 4 + dy) * side + cx * 4 + dx]).sum();
+                coarse[cy * coarse_side + cx] = if sum >= 8.0 { 1.0 } else { 0.0 };
+            }
+        }
+        let [x0, y0, x1, y1] = record.bbox.map(|v| v as f32 * scale / side as f32);
+        Ok(Self { mask: full, coarse_mask: coarse, box_cxcywh: [(x0 + x1) / 2.0, (y0 + y1) / 2.0, x1 - x0, y1 - y0] })
+    }
+}
