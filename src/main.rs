@@ -75,6 +75,23 @@ enum Command {
         #[arg(long, default_value = "models/train")]
         out: PathBuf,
     },
+    /// Evaluate trained reasoning heads on validation images with held-out phrasings.
+    Eval {
+        /// Trained heads.
+        #[arg(long, default_value = "models/train/reason-heads.bpk")]
+        heads: PathBuf,
+        /// Validation images per data set.
+        #[arg(long, default_value_t = 100)]
+        images_per_set: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Embedding cache folder.
+        #[arg(long, default_value = "models/train/cache")]
+        cache: PathBuf,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "benches/results/eval.json")]
+        json: PathBuf,
+    },
     /// Benchmarks that print a table and write JSON.
     Bench {
         #[command(subcommand)]
@@ -273,6 +290,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Segment(args) => segment(&paths, &args),
         Command::Chat(args) => chat(&paths, &args),
         Command::Questions { split, held_out, seed, images, negatives } => questions(&split, held_out, seed, images, negatives),
+        Command::Eval { heads, images_per_set, seed, cache, json } => {
+            let config = medsee::train::eval::EvalConfig { images_per_set, seed, heads, cache_dir: cache };
+            let report = medsee::train::eval::evaluate(&paths, &config, &mut |line| eprintln!("{line}"))?;
+            std::fs::write(&json, serde_json::to_string_pretty(&report).expect("json")).map_err(|e| Error::io(&json, e))?;
+            println!("results → {}", json.display());
+            Ok(())
+        }
         Command::Train { steps, lr, seed, images_per_set, negative_rate, checkpoint_every, out } => {
             let config = medsee::train::trainer::TrainConfig {
                 steps,

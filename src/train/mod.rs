@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod dataset;
+pub mod eval;
 pub mod knowledge;
 pub mod losses;
 pub mod questions;
