@@ -14,17 +14,9 @@ import time
 import warnings
 from pathlib import Path
 
+from timing import timed
+
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def timed(fn, runs):
-    fn()  # warm-up
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return samples
 
 
 def llama_cpp_peer(source, ids, args):

@@ -61,18 +61,18 @@ impl LlamaConfig {
         Ok(config)
     }
 
-    /// SmolLM2-135M's shape (for tests that need a model without the file).
-    pub fn smollm2_135m() -> Self {
+    /// A 2-layer, 32-wide model for fast unit tests (random weights).
+    pub fn tiny(max_sequence: usize) -> Self {
         Self {
-            vocab_size: 49152,
-            hidden_size: 576,
-            num_layers: 30,
-            num_heads: 9,
-            num_kv_heads: 3,
-            ffn_size: 1536,
-            rope_theta: 100_000.0,
+            vocab_size: 64,
+            hidden_size: 32,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            ffn_size: 48,
+            rope_theta: 10_000.0,
             rms_eps: 1e-5,
-            max_sequence: 2048,
+            max_sequence,
         }
     }
 
@@ -331,18 +331,7 @@ mod tests {
     use futures_lite::future::block_on;
 
     fn tiny() -> Llama {
-        let config = LlamaConfig {
-            vocab_size: 64,
-            hidden_size: 32,
-            num_layers: 2,
-            num_heads: 4,
-            num_kv_heads: 2,
-            ffn_size: 48,
-            rope_theta: 10_000.0,
-            rms_eps: 1e-5,
-            max_sequence: 32,
-        };
-        config.init(&Device::flex())
+        LlamaConfig::tiny(32).init(&Device::flex())
     }
 
     fn tokens(ids: &[i64]) -> Tensor<2, Int> {

@@ -138,27 +138,12 @@ mod tests {
     use crate::llm::llama::LlamaConfig;
     use crate::sam::LiteMedSamConfig;
 
-    fn tiny_llm(device: &Device) -> Llama {
-        LlamaConfig {
-            vocab_size: 64,
-            hidden_size: 32,
-            num_layers: 2,
-            num_heads: 4,
-            num_kv_heads: 2,
-            ffn_size: 48,
-            rope_theta: 10_000.0,
-            rms_eps: 1e-5,
-            max_sequence: 128,
-        }
-        .init(device)
-    }
-
     fn setup() -> (Device, LiteMedSam, Llama, ReasoningHeads, Layout, Tensor<4>) {
         let device = Device::flex();
         let config = ReasonConfig { candidates: 4, llm_dim: 32, embedding_channels: 256, pool: 16, hidden: 16 };
         let layout = Layout { before_vision: vec![1, 5, 9], after_vision: vec![7, 8, 2, 3], vision_tokens: config.vision_tokens(64), candidates: 4 };
         let embedding = Tensor::random([1, 256, 64, 64], Distribution::Normal(0.0, 1.0), &device);
-        (device.clone(), LiteMedSamConfig::default().init(&device), tiny_llm(&device), config.init(&device), layout, embedding)
+        (device.clone(), LiteMedSamConfig::default().init(&device), LlamaConfig::tiny(128).init(&device), config.init(&device), layout, embedding)
     }
 
     fn candidate_states(heads: &ReasoningHeads, sam: &LiteMedSam, llm: &Llama, layout: &Layout, embedding: Tensor<4>) -> Tensor<3> {
