@@ -7,10 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use burn::store::burn_pack::{DType, Tensor as PackTensor};
+use burn::store::burn_pack::Tensor as PackTensor;
 use burn::store::pytorch_reader::{DType as TorchDType, PytorchReader};
 use burn::store::ModuleSnapshot;
-use burn::tensor::{Bytes, Device};
+use burn::tensor::Device;
 
 use super::quantize::{quantize_weights, QuantizeReport, WeightFormat};
 use crate::error::{Error, Result};
@@ -73,8 +73,7 @@ struct Mapped {
 
 impl Mapped {
     fn put(&mut self, path: String, shape: Vec<usize>, values: Vec<f32>) {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.tensors.push(PackTensor::new(path, DType::F32, shape, None, Bytes::from_bytes_vec(bytes)));
+        self.tensors.push(super::pack_f32(path, shape, &values));
     }
 
     fn copy(&mut self, ckpt: &mut Checkpoint, burn: &str, torch: &str) -> Result<()> {
@@ -87,13 +86,7 @@ impl Mapped {
     fn linear(&mut self, ckpt: &mut Checkpoint, burn: &str, torch: &str) -> Result<()> {
         let (shape, values) = ckpt.take(&format!("{torch}.weight"))?;
         let (out, inp) = (shape[0], shape[1]);
-        let mut transposed = vec![0.0; values.len()];
-        for o in 0..out {
-            for i in 0..inp {
-                transposed[i * out + o] = values[o * inp + i];
-            }
-        }
-        self.put(format!("{burn}.weight"), vec![inp, out], transposed);
+        self.put(format!("{burn}.weight"), vec![inp, out], super::transpose(out, inp, &values));
         self.copy(ckpt, &format!("{burn}.bias"), &format!("{torch}.bias"))
     }
 

@@ -105,3 +105,22 @@ pub fn record_bytes<M: Module>(module: M) -> Result<Vec<u8>> {
     let bytes = module.into_record().into_bytes().map_err(|e| Error::Other(format!("cannot serialise weights: {e}")))?;
     Ok(bytes.to_vec())
 }
+
+/// An f32 tensor named by its Burn module path, ready to apply to a module (conversion only).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn pack_f32(path: String, shape: Vec<usize>, values: &[f32]) -> burn::store::burn_pack::Tensor {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    burn::store::burn_pack::Tensor::new(path, burn::store::burn_pack::DType::F32, shape, None, Bytes::from_bytes_vec(bytes))
+}
+
+/// A row-major `rows × cols` matrix transposed: PyTorch/GGUF `[out, in]` → Burn `Linear` `[in, out]`.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn transpose(rows: usize, cols: usize, values: &[f32]) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}

@@ -4,29 +4,15 @@
 //! hold exactly) and mapped by name; GGUF stores matrices `[out, in]`, Burn's `Linear` wants
 //! `[in, out]`. The token embedding becomes the tied output head `[hidden, vocab]`.
 
-use burn::store::burn_pack::{DType, Tensor as PackTensor};
+use burn::store::burn_pack::Tensor as PackTensor;
 use burn::store::ModuleSnapshot;
-use burn::tensor::{Bytes, Device};
+use burn::tensor::Device;
 
 use super::gguf::Gguf;
 use super::quantize::{quantize_weights, QuantizeReport, WeightFormat};
+use super::{pack_f32 as pack, transpose};
 use crate::error::{Error, Result};
 use crate::llm::llama::{Llama, LlamaConfig};
-
-fn pack(path: String, shape: Vec<usize>, values: &[f32]) -> PackTensor {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    PackTensor::new(path, DType::F32, shape, None, Bytes::from_bytes_vec(bytes))
-}
-
-fn transpose(rows: usize, cols: usize, values: &[f32]) -> Vec<f32> {
-    let mut out = vec![0.0; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = values[r * cols + c];
-        }
-    }
-    out
-}
 
 /// Builds the f32 model from a parsed GGUF.
 pub fn load_gguf(g: &Gguf, device: &Device) -> Result<(LlamaConfig, Llama)> {
