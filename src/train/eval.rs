@@ -149,9 +149,7 @@ pub fn evaluate(paths: &ModelPaths, config: &EvalConfig, log: &mut dyn FnMut(&st
             upper.add_mask(&block_on(read_f32(bound.low_res_masks))?, &targets.mask);
             upper.add_box(xyxy(targets.box_cxcywh), xyxy(targets.box_cxcywh));
         }
-        let absent: Vec<&(String, Vec<String>)> = others.iter().filter(|(_, m)| !m.contains(&item.modality)).collect();
-        if let Some(structure) = generator.knowledge().structure(&rng.pick(&absent).0) {
-            let question = generator.negative(&structure, &item.modality, &mut rng);
+        if let Some(question) = generator.negative_for(&item.modality, &others, &mut rng) {
             let layout = Layout::new(&llm.tokenizer, &question.text, &[], reason.vision_tokens(64), reason.candidates)?;
             let out = heads.forward(sam, &llm.model, embedding.clone(), &layout)?;
             negatives += 1;

@@ -154,6 +154,11 @@ fn addressed_to_reader(text: &str) -> String {
         .join(" ")
 }
 
+/// Classes of `others` never annotated in images of `modality`.
+fn absent_classes<'a>(modality: &str, others: &'a [(String, Vec<String>)]) -> Vec<&'a str> {
+    others.iter().filter(|(_, m)| !m.iter().any(|x| x == modality)).map(|(c, _)| c.as_str()).collect()
+}
+
 pub struct QuestionGenerator {
     knowledge: Knowledge,
     phrasings: Phrasings,
@@ -219,34 +224,40 @@ impl QuestionGenerator {
         range.start + rng.below(range.len())
     }
 
-    /// A question whose answer is `target` (present in the image).
-    pub fn positive(&self, target: &Structure, rng: &mut SplitMix64) -> Question {
+    fn ask(&self, s: &Structure, target: Option<String>, answer: String, rng: &mut SplitMix64) -> Question {
         let perspective = *rng.pick(&Perspective::ALL);
         let template = self.pick_template(rng);
         Question {
-            text: self.question_text(target, perspective, template, rng),
+            text: self.question_text(s, perspective, template, rng),
             history: Vec::new(),
             perspective,
             template,
-            target: Some(target.class.clone()),
-            asked: target.class.clone(),
-            answer: self.positive_answer(target),
+            target,
+            asked: s.class.clone(),
+            answer,
         }
+    }
+
+    /// A question whose answer is `target` (present in the image).
+    pub fn positive(&self, target: &Structure, rng: &mut SplitMix64) -> Question {
+        self.ask(target, Some(target.class.clone()), self.positive_answer(target), rng)
     }
 
     /// A question about `absent`, a structure that is not in this image.
     pub fn negative(&self, absent: &Structure, modality: &str, rng: &mut SplitMix64) -> Question {
-        let perspective = *rng.pick(&Perspective::ALL);
-        let template = self.pick_template(rng);
-        Question {
-            text: self.question_text(absent, perspective, template, rng),
-            history: Vec::new(),
-            perspective,
-            template,
-            target: None,
-            asked: absent.class.clone(),
-            answer: self.negative_answer(absent, modality),
+        self.ask(absent, None, self.negative_answer(absent, modality), rng)
+    }
+
+    /// A question about a class of `others` (class, modalities) that no image of `modality`
+    /// shows; `None` when there is no such class.
+    pub fn negative_for(&self, modality: &str, others: &[(String, Vec<String>)], rng: &mut SplitMix64) -> Option<Question> {
+        let absent = absent_classes(modality, others);
+        if absent.is_empty() {
+            return None;
         }
+        let class: &str = *rng.pick(&absent);
+        let structure = self.knowledge.structure(class)?;
+        Some(self.negative(&structure, modality, rng))
     }
 
     /// Questions for one image: one per annotated object, a follow-up that continues the
@@ -264,12 +275,8 @@ impl QuestionGenerator {
             follow.text = format!("And now: {}", follow.text);
             out.push(follow);
         }
-        let absent: Vec<&(String, Vec<String>)> = other_classes.iter().filter(|(_, m)| !m.contains(&item.modality)).collect();
-        for _ in 0..negatives.min(absent.len()) {
-            let (class, _) = *rng.pick(&absent);
-            if let Some(s) = self.knowledge.structure(class) {
-                out.push(self.negative(&s, &item.modality, rng));
-            }
+        for _ in 0..negatives.min(absent_classes(&item.modality, other_classes).len()) {
+            out.extend(self.negative_for(&item.modality, other_classes, rng));
         }
         out
     }

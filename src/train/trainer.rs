@@ -160,10 +160,10 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         let item = images[rng.below(images.len())];
         let negative = rng.next_f64() < config.negative_rate;
         let (question, targets) = if negative {
-            let absent: Vec<&(String, Vec<String>)> = others.iter().filter(|(_, m)| !m.contains(&item.modality)).collect();
-            let (class, _) = *rng.pick(&absent);
-            let structure = generator.knowledge().structure(class).ok_or_else(|| Error::Other(format!("no knowledge for {class}")))?;
-            (generator.negative(&structure, &item.modality, &mut rng), None)
+            let question = generator
+                .negative_for(&item.modality, &others, &mut rng)
+                .ok_or_else(|| Error::Other(format!("no absent-structure question for a {} image", item.modality)))?;
+            (question, None)
         } else {
             let record = rng.pick(&item.objects);
             let structure =
