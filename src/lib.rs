@@ -3,9 +3,11 @@
 //! Data flows one way, and the modules follow it:
 //! bytes → [`image`] (decode, preprocess) → [`sam`] (LiteMedSAM: embedding, prompts, masks)
 //! → [`segment`] (the engine: box → mask) → mask / box / overlay; [`llm`] is the language model
-//! (tokens → SmolLM2 → hidden states and text).
+//! (tokens → SmolLM2 → hidden states and text); [`reason`] is MediSee's graph joining them, and
+//! [`ask`] the engine on top (question → mask, box, heat map → explanation).
 //! [`weights`] holds everything that knows checkpoint formats and key names.
 
+pub mod ask;
 pub mod error;
 pub mod image;
 pub mod llm;
@@ -19,6 +21,7 @@ pub mod train;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 
+pub use ask::{Answer, Reasoner};
 pub use error::{Error, Result};
 pub use segment::{BoxSegmentation, BoxSegmenter, ImageEmbedding};
 pub use weights::Variant;

@@ -34,6 +34,8 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Ask a question about an image: mask, box and a streamed explanation.
+    Ask(AskArgs),
     /// Segment the object inside a box (MedSAM-style box prompt).
     Segment(SegmentArgs),
     /// Ask the language model (SmolLM2) directly; the answer streams to stdout.
@@ -75,18 +77,27 @@ enum Command {
         #[arg(long, default_value = "models/train")]
         out: PathBuf,
     },
-    /// Evaluate trained reasoning heads on validation images with held-out phrasings.
+    /// Evaluate the reasoning model (with its text-only baseline and upper bound) on a data split.
     Eval {
-        /// Trained heads.
-        #[arg(long, default_value = "models/train/reason-heads.bpk")]
-        heads: PathBuf,
-        /// Validation images per data set.
-        #[arg(long, default_value_t = 100)]
-        images_per_set: usize,
+        /// Data folder with index.jsonl, images/ and masks/ (default: ../shared/data/medseg).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Split to evaluate: val, test (or train).
+        #[arg(long, default_value = "val")]
+        split: String,
+        /// JSON lines of {"id", "question", "class"} (class null: absent) replacing the generated questions.
+        #[arg(long)]
+        questions: Option<PathBuf>,
+        /// Reasoning heads to evaluate instead of the shipped ones.
+        #[arg(long)]
+        heads: Option<PathBuf>,
+        /// Weights to evaluate, comma-separated.
+        #[arg(long, default_value = "f32,q8", value_delimiter = ',', value_parser = parse_variant)]
+        variants: Vec<Variant>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Embedding cache folder.
-        #[arg(long, default_value = "models/train/cache")]
+        /// Embedding cache folder (one subfolder per variant).
+        #[arg(long, default_value = "models/train/eval-cache")]
         cache: PathBuf,
         /// Where to write the JSON results.
         #[arg(long, default_value = "benches/results/eval.json")]
@@ -118,6 +129,35 @@ struct SegmentArgs {
     /// Weights to use.
     #[arg(long, default_value = "q8", value_parser = parse_variant)]
     variant: Variant,
+}
+
+#[derive(Args)]
+struct AskArgs {
+    /// PNG or JPEG image.
+    image: PathBuf,
+    /// The question, in plain words ("which part helps me breathe?").
+    question: String,
+    /// Where to write the mask PNG (values 0/255; empty when the structure is not found).
+    #[arg(long, default_value = "mask.png")]
+    out: PathBuf,
+    /// Also write the image with the mask (outline + fill) and the box drawn on it.
+    #[arg(long)]
+    overlay: Option<PathBuf>,
+    /// Also write a JSON summary (question, box, score, presence, fusion weights, explanation).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also write the similarity map ("where the model looked") over the image.
+    #[arg(long)]
+    heatmap: Option<PathBuf>,
+    /// Skip the explanation (mask and box only).
+    #[arg(long)]
+    no_explanation: bool,
+    /// Weights to use.
+    #[arg(long, default_value = "q8", value_parser = parse_variant)]
+    variant: Variant,
+    /// Reasoning heads to use instead of the shipped ones (e.g. fresh from `medsee train`).
+    #[arg(long)]
+    heads: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -208,6 +248,67 @@ fn segment(paths: &ModelPaths, args: &SegmentArgs) -> Result<()> {
     Ok(())
 }
 
+fn ask(paths: &ModelPaths, args: &AskArgs) -> Result<()> {
+    use std::io::Write;
+    use medsee::ask::{clean_question, heatmap_bytes};
+    use medsee::image::mask::heat_overlay_png;
+    let bytes = std::fs::read(&args.image).map_err(|e| Error::io(&args.image, e))?;
+    let image = decode_image(&bytes)?;
+    // Check the question before paying for the models.
+    clean_question(&args.question)?;
+    let started = Instant::now();
+    let reasoner = medsee::Reasoner::load(paths, args.variant, args.heads.as_deref())?;
+    let load_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let embedding = reasoner.encode(&image);
+    let encode_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let answer = futures_lite::future::block_on(reasoner.ask(&embedding, &args.question))?;
+    let answer_s = started.elapsed().as_secs_f64();
+    match (&answer.bbox, &answer.structure) {
+        (Some(b), structure) => eprintln!(
+            "found{}: box {:.0},{:.0},{:.0},{:.0}, {} pixels, presence {:.2} ({answer_s:.2}s)",
+            structure.as_ref().map(|s| format!(" the {}", s.name)).unwrap_or_default(),
+            b.x0, b.y0, b.x1, b.y1, answer.mask_area, answer.presence
+        ),
+        (None, _) => eprintln!("not found (presence {:.2}, {answer_s:.2}s)", answer.presence),
+    }
+    write_file(&args.out, &answer.mask.to_png()?)?;
+    if let Some(path) = &args.overlay {
+        write_file(path, &overlay_png(&image, &answer.mask, answer.bbox.as_slice(), OverlayStyle::default())?)?;
+    }
+    if let Some(path) = &args.heatmap {
+        let (w, h, cells) = heatmap_bytes(&answer.heatmap);
+        write_file(path, &heat_overlay_png(&image, &cells, w as u32, h as u32)?)?;
+    }
+    let started = Instant::now();
+    let explanation = if args.no_explanation {
+        None
+    } else {
+        let text = futures_lite::future::block_on(reasoner.explain(&answer, |piece| {
+            print!("{piece}");
+            let _ = std::io::stdout().flush();
+            true
+        }))?;
+        println!();
+        Some(text)
+    };
+    let explain_s = started.elapsed().as_secs_f64();
+    if let Some(path) = &args.json {
+        let summary = serde_json::json!({
+            "image": args.image,
+            "width": image.width,
+            "height": image.height,
+            "variant": args.variant,
+            "answer": answer,
+            "explanation": explanation,
+            "seconds": { "load": load_s, "encode": encode_s, "question_to_mask": answer_s, "explanation": explain_s },
+        });
+        write_file(path, serde_json::to_string_pretty(&summary).expect("json").as_bytes())?;
+    }
+    Ok(())
+}
+
 fn chat(paths: &ModelPaths, args: &ChatArgs) -> Result<()> {
     use std::io::Write;
     use medsee::llm::chat::{chat_ids, Message, Role};
@@ -252,13 +353,9 @@ fn chat(paths: &ModelPaths, args: &ChatArgs) -> Result<()> {
 
 fn questions(split: &str, held_out: bool, seed: u64, images: usize, negatives: usize) -> Result<()> {
     use medsee::train::dataset::{Dataset, Split};
-    use medsee::train::knowledge::Knowledge;
+    use medsee::reason::knowledge::Knowledge;
     use medsee::train::questions::{Phrasings, QuestionGenerator};
-    let split = match split {
-        "train" => Split::Train,
-        "val" => Split::Val,
-        other => return Err(Error::Other(format!("unknown split {other:?} (train or val)"))),
-    };
+    let split: Split = split.parse()?;
     let data = Dataset::load(&Dataset::default_root())?;
     let others: Vec<(String, Vec<String>)> = data.classes().into_iter().collect();
     let phrasings = if held_out { Phrasings::HeldOut } else { Phrasings::Train };
@@ -287,11 +384,13 @@ fn run(cli: Cli) -> Result<()> {
             println!("convert: done → {}", paths.converted.display());
             Ok(())
         }
+        Command::Ask(args) => ask(&paths, &args),
         Command::Segment(args) => segment(&paths, &args),
         Command::Chat(args) => chat(&paths, &args),
         Command::Questions { split, held_out, seed, images, negatives } => questions(&split, held_out, seed, images, negatives),
-        Command::Eval { heads, images_per_set, seed, cache, json } => {
-            let config = medsee::train::eval::EvalConfig { images_per_set, seed, heads, cache_dir: cache };
+        Command::Eval { data, split, questions, heads, variants, seed, cache, json } => {
+            let data = data.unwrap_or_else(medsee::train::dataset::Dataset::default_root);
+            let config = medsee::train::eval::EvalConfig { data, split: split.parse()?, questions, heads, variants, seed, cache_dir: cache };
             let report = medsee::train::eval::evaluate(&paths, &config, &mut |line| eprintln!("{line}"))?;
             std::fs::write(&json, serde_json::to_string_pretty(&report).expect("json")).map_err(|e| Error::io(&json, e))?;
             println!("results → {}", json.display());

@@ -120,6 +120,25 @@ pub fn overlay_png(image: &RgbImage, mask: &Mask, boxes: &[PixelBox], style: Ove
     encode_png(image::DynamicImage::ImageRgb8(rgb))
 }
 
+/// The image with a heat map blended over it: `cells` is a `cells_w`×`cells_h` grid of 8-bit
+/// strengths covering the whole image, smoothly resized to it (dark → red → yellow).
+pub fn heat_overlay_png(image: &RgbImage, cells: &[u8], cells_w: u32, cells_h: u32) -> Result<Vec<u8>> {
+    let grid = GrayImage::from_raw(cells_w, cells_h, cells.to_vec()).ok_or_else(|| Error::Other("heat map buffer does not match its size".into()))?;
+    let heat = image::imageops::resize(&grid, image.width, image.height, image::imageops::FilterType::Triangle);
+    let mut out = image.pixels.clone();
+    for (i, v) in heat.as_raw().iter().enumerate() {
+        let t = *v as f32 / 255.0;
+        let colour = [255.0, 255.0 * (2.0 * t - 1.0).max(0.0), 0.0];
+        let alpha = 0.6 * t;
+        for c in 0..3 {
+            let px = &mut out[i * 3 + c];
+            *px = (*px as f32 * (1.0 - alpha) + colour[c] * alpha).round() as u8;
+        }
+    }
+    let rgb = ImgRgb::from_raw(image.width, image.height, out).expect("same size as the input image");
+    encode_png(image::DynamicImage::ImageRgb8(rgb))
+}
+
 fn draw_rectangle(pixels: &mut [u8], w: usize, h: usize, b: &PixelBox, thickness: usize, colour: [u8; 3]) {
     let clamp_x = |v: f32| (v.max(0.0) as usize).min(w - 1);
     let clamp_y = |v: f32| (v.max(0.0) as usize).min(h - 1);

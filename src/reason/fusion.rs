@@ -4,6 +4,7 @@
 //! the mask branch and the box branch. The weights are returned so the page can show them.
 
 use burn::module::Module;
+use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
@@ -11,6 +12,9 @@ use crate::sam::common::Mlp;
 
 #[derive(Module, Debug)]
 pub struct CandidateFusion {
+    /// The LLM's last-layer states vary widely in scale between positions; the heads see them
+    /// normalised.
+    pub norm: LayerNorm,
     pub seg_gate: Mlp,
     pub box_gate: Mlp,
 }
@@ -30,6 +34,7 @@ pub struct Fused {
 impl CandidateFusion {
     pub fn new(candidates: usize, dim: usize, hidden: usize, device: &Device) -> Self {
         Self {
+            norm: LayerNormConfig::new(dim).init(device),
             seg_gate: Mlp::new(candidates * dim, hidden, candidates, 2, device),
             box_gate: Mlp::new(candidates * dim, hidden, candidates, 2, device),
         }
@@ -43,6 +48,7 @@ impl CandidateFusion {
     /// `candidates`: `[B, K, D]`.
     pub fn forward(&self, candidates: Tensor<3>) -> Fused {
         let [b, k, d] = candidates.dims();
+        let candidates = self.norm.forward(candidates);
         let flat = candidates.clone().reshape([b, k * d]);
         let seg_weights = Self::weights(&self.seg_gate, flat.clone());
         let box_weights = Self::weights(&self.box_gate, flat);

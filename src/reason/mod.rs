@@ -7,6 +7,7 @@
 
 pub mod fusion;
 pub mod heads;
+pub mod knowledge;
 pub mod projector;
 pub mod sequence;
 
@@ -18,7 +19,8 @@ use crate::llm::llama::{KvCache, Llama};
 use crate::sam::mask_decoder::MaskDecoderOutput;
 use crate::sam::{LiteMedSam, INPUT_SIZE};
 use fusion::{CandidateFusion, Fused};
-use heads::{cxcywh_to_xyxy, BoxHead, PresenceHead, SegPrompt, SimilarityHead};
+use heads::{cxcywh_to_xyxy, map_features, BoxHead, ClassHead, PresenceHead, SegPrompt, Similarity, SimilarityHead};
+use knowledge::Knowledge;
 use projector::VisionProjector;
 use sequence::Layout;
 
@@ -33,11 +35,14 @@ pub struct ReasonConfig {
     /// Pooling window over the 64×64 embedding: 8 gives 64 vision tokens.
     pub pool: usize,
     pub hidden: usize,
+    /// Rows of the class head: [`Knowledge::class_names`].
+    pub classes: usize,
 }
 
 impl ReasonConfig {
-    pub fn smollm2_litemedsam() -> Self {
-        Self { candidates: 4, llm_dim: 576, embedding_channels: 256, pool: 8, hidden: 256 }
+    pub fn smollm2_litemedsam() -> Result<Self> {
+        let classes = Knowledge::load()?.class_names().len();
+        Ok(Self { candidates: 4, llm_dim: 576, embedding_channels: 256, pool: 8, hidden: 256, classes })
     }
 
     pub fn vision_tokens(&self, embedding_size: usize) -> usize {
@@ -53,7 +58,8 @@ impl ReasonConfig {
             box_head: BoxHead::new(d, self.hidden, device),
             seg_prompt: SegPrompt::new(d, self.embedding_channels, device),
             similarity: SimilarityHead::new(d, self.embedding_channels, device),
-            presence: PresenceHead::new(d, device),
+            presence: PresenceHead::new(d, self.hidden, device),
+            class: ClassHead::new(d, self.classes, device),
         }
     }
 }
@@ -69,6 +75,7 @@ pub struct ReasoningHeads {
     pub seg_prompt: SegPrompt,
     pub similarity: SimilarityHead,
     pub presence: PresenceHead,
+    pub class: ClassHead,
 }
 
 /// One question's outputs (batch 1).
@@ -81,8 +88,10 @@ pub struct ReasonOutput {
     pub box_cxcywh: Tensor<2>,
     /// `[1]`: logit that the structure is present.
     pub presence_logit: Tensor<1>,
-    /// `[1, 64, 64]` cosine similarity ("where the model looked").
-    pub similarity: Tensor<3>,
+    /// `[1, classes]`: which known structure the question was understood as.
+    pub class_logits: Tensor<2>,
+    /// On the 64×64 embedding grid ("where the model looked").
+    pub similarity: Similarity,
     pub decoder: MaskDecoderOutput,
 }
 
@@ -118,12 +127,15 @@ impl ReasoningHeads {
         let hidden = llm.forward_embeddings(inputs, &mut KvCache::new())?.hidden;
         let candidates = hidden.narrow(1, layout.candidate_position(0), self.candidates());
         let fused = self.fusion.forward(candidates.clone());
-        let box_cxcywh = self.box_head.forward(fused.bbox.clone());
+        let similarity = self.similarity.forward(fused.seg.clone(), embedding.clone());
+        let map = map_features(similarity.logits.clone());
+        let box_cxcywh = self.box_head.forward(fused.bbox.clone(), map.clone());
         let seg_token = self.seg_prompt.forward(fused.seg.clone());
-        let decoder = sam.decode_boxes(embedding.clone(), cxcywh_to_xyxy(box_cxcywh.clone(), INPUT_SIZE as f64), Some(seg_token));
+        let decoder = sam.decode_boxes(embedding, cxcywh_to_xyxy(box_cxcywh.clone(), INPUT_SIZE as f64), Some(seg_token));
         Ok(ReasonOutput {
-            similarity: self.similarity.forward(fused.seg.clone(), embedding),
-            presence_logit: self.presence.forward(fused.seg.clone()),
+            presence_logit: self.presence.forward(fused.seg.clone(), map),
+            class_logits: self.class.forward(fused.seg.clone()),
+            similarity,
             candidates,
             fused,
             box_cxcywh,
@@ -140,7 +152,7 @@ mod tests {
 
     fn setup() -> (Device, LiteMedSam, Llama, ReasoningHeads, Layout, Tensor<4>) {
         let device = Device::flex();
-        let config = ReasonConfig { candidates: 4, llm_dim: 32, embedding_channels: 256, pool: 16, hidden: 16 };
+        let config = ReasonConfig { candidates: 4, llm_dim: 32, embedding_channels: 256, pool: 16, hidden: 16, classes: 5 };
         let layout = Layout { before_vision: vec![1, 5, 9], after_vision: vec![7, 8, 2, 3], vision_tokens: config.vision_tokens(64), candidates: 4 };
         let embedding = Tensor::random([1, 256, 64, 64], Distribution::Normal(0.0, 1.0), &device);
         (device.clone(), LiteMedSamConfig::default().init(&device), LlamaConfig::tiny(128).init(&device), config.init(&device), layout, embedding)
@@ -183,9 +195,10 @@ mod tests {
         assert_eq!(out.decoder.low_res_masks.dims(), [1, 1, 256, 256]);
         let b = out.box_cxcywh.clone();
         assert!(b.clone().min().into_scalar::<f32>() >= 0.0 && b.max().into_scalar::<f32>() <= 1.0);
-        assert_eq!(out.similarity.dims(), [1, 64, 64]);
-        assert!(out.similarity.abs().max().into_scalar::<f32>() <= 1.0 + 1e-5);
+        assert_eq!(out.similarity.cosine.dims(), [1, 64, 64]);
+        assert!(out.similarity.cosine.abs().max().into_scalar::<f32>() <= 1.0 + 1e-5);
         assert_eq!(out.presence_logit.dims(), [1]);
+        assert_eq!(out.class_logits.dims(), [1, 5]);
         // The seg token is appended after the two box corners: 1 IoU + 4 mask + 2 corners + 1 = 8 tokens.
         assert_eq!(out.decoder.tokens.dims(), [1, 8, 256]);
     }

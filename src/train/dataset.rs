@@ -11,6 +11,21 @@ use crate::error::{Error, Result};
 pub enum Split {
     Train,
     Val,
+    /// The held-out split, kept outside the project; evaluation runs on it unchanged.
+    Test,
+}
+
+impl std::str::FromStr for Split {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "train" => Ok(Split::Train),
+            "val" => Ok(Split::Val),
+            "test" => Ok(Split::Test),
+            other => Err(Error::Other(format!("unknown split {other:?} (train, val or test)"))),
+        }
+    }
 }
 
 /// One line of `index.jsonl`.

@@ -1,28 +1,33 @@
-//! `medsee eval`: the reasoning model on validation images with held-out phrasings, in MediSee's
-//! metrics — gIoU (mean per-question mask IoU), cIoU (cumulative), Dice, box IoU and Acc@0.5 —
-//! next to the upper bound (LiteMedSAM given the ground-truth box), plus how often a question
-//! about an absent structure is answered "not found". Masks are compared in the model's
+//! `medsee eval`: the reasoning model on a data split with phrasings it was not trained on, in
+//! MediSee's metrics — gIoU (mean per-question mask IoU), cIoU (cumulative), Dice, box IoU and
+//! Acc@0.5 — per data set and overall, with how often a question about an absent structure is
+//! answered "not found" and the latency per question. Two references run in the same pass:
+//! the **upper bound** (LiteMedSAM given the ground-truth box) and a **text-only baseline**
+//! (told the target class, it prompts LiteMedSAM with that class's mean training box: everything
+//! except looking at the image to find the structure). Masks are compared in the model's
 //! 256×256 frame.
 
-use burn::tensor::{Device, Tensor};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::Tensor;
 use futures_lite::future::block_on;
 use serde_json::json;
 
 use super::cache::EmbeddingCache;
-use super::dataset::{Dataset, Split};
-use super::knowledge::Knowledge;
+use super::dataset::{Dataset, ImageItem, Record, Split};
 use super::questions::{Phrasings, QuestionGenerator};
 use super::targets::Targets;
-use super::trainer::select_images;
+use crate::ask::{clean_question, Reasoner};
 use crate::error::{Error, Result};
-use crate::llm::TextModel;
-use crate::reason::sequence::Layout;
-use crate::reason::{ReasonConfig, ReasoningHeads};
+use crate::image::preprocess::scaled_size;
+use crate::reason::knowledge::Knowledge;
 use crate::rng::SplitMix64;
 use crate::sam::INPUT_SIZE;
-use crate::segment::{read_f32, BoxSegmenter};
+use crate::segment::{read_f32, ImageEmbedding};
 use crate::weights::convert::ModelPaths;
-use crate::weights::{self, Variant};
+use crate::weights::Variant;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Scores {
@@ -32,11 +37,12 @@ pub struct Scores {
     pub dice: f64,
     pub box_iou: f64,
     pub box_acc50: f64,
-    /// Positive questions the presence head answered "found".
-    pub found_rate: f64,
+    /// Questions about absent structures, and the share answered "not found".
+    pub absent_questions: usize,
+    pub not_found_rate: f64,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Accumulator {
     n: usize,
     iou_sum: f64,
@@ -45,30 +51,35 @@ struct Accumulator {
     union: f64,
     box_iou_sum: f64,
     box_hits: usize,
-    found: usize,
+    absent: usize,
+    not_found: usize,
 }
 
 impl Accumulator {
-    fn add_mask(&mut self, pred: &[f32], target: &[f32]) {
+    /// A present-target question: the predicted mask logits (or `None` for "not found") and box.
+    fn add_present(&mut self, pred: Option<&[f32]>, target: &[f32], pred_box: Option<[f32; 4]>, target_box: [f32; 4]) {
         let (mut inter, mut union, mut p_sum, mut t_sum) = (0.0, 0.0, 0.0, 0.0);
-        for (&p, &t) in pred.iter().zip(target) {
-            let p = f64::from(u8::from(p > 0.0));
-            inter += p * t as f64;
-            union += (p + t as f64 - p * t as f64).min(1.0);
+        for (i, &t) in target.iter().enumerate() {
+            let p = f64::from(u8::from(pred.is_some_and(|m| m[i] > 0.0)));
+            let t = t as f64;
+            inter += p * t;
+            union += (p + t - p * t).min(1.0);
             p_sum += p;
-            t_sum += t as f64;
+            t_sum += t;
         }
         self.n += 1;
         self.iou_sum += if union > 0.0 { inter / union } else { 1.0 };
         self.dice_sum += if p_sum + t_sum > 0.0 { 2.0 * inter / (p_sum + t_sum) } else { 1.0 };
         self.inter += inter;
         self.union += union;
-    }
-
-    fn add_box(&mut self, pred: [f32; 4], target: [f32; 4]) {
-        let iou = box_iou(pred, target);
+        let iou = pred_box.map_or(0.0, |b| box_iou(b, target_box));
         self.box_iou_sum += iou;
         self.box_hits += usize::from(iou >= 0.5);
+    }
+
+    fn add_absent(&mut self, said_not_found: bool) {
+        self.absent += 1;
+        self.not_found += usize::from(said_not_found);
     }
 
     fn scores(&self) -> Scores {
@@ -80,7 +91,8 @@ impl Accumulator {
             dice: self.dice_sum / n,
             box_iou: self.box_iou_sum / n,
             box_acc50: self.box_hits as f64 / n,
-            found_rate: self.found as f64 / n,
+            absent_questions: self.absent,
+            not_found_rate: self.not_found as f64 / self.absent.max(1) as f64,
         }
     }
 }
@@ -95,80 +107,217 @@ pub fn box_iou(a: [f32; 4], b: [f32; 4]) -> f64 {
     if union > 0.0 { inter / union } else { 0.0 }
 }
 
+/// (cx, cy, w, h) in [0, 1] of the padded input → (x0, y0, x1, y1) in model pixels.
 fn xyxy(cxcywh: [f32; 4]) -> [f32; 4] {
     let [cx, cy, w, h] = cxcywh;
     [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0].map(|v| v * INPUT_SIZE as f32)
 }
 
+/// One evaluation question: an image, the text, and the asked-for object (`None`: absent).
+struct Case<'a> {
+    item: &'a ImageItem,
+    question: String,
+    target: Option<&'a Record>,
+}
+
+/// A line of a `--questions` file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuestionLine {
+    id: String,
+    question: String,
+    class: Option<String>,
+}
+
 pub struct EvalConfig {
-    pub images_per_set: usize,
+    pub data: PathBuf,
+    pub split: Split,
+    /// Replaces the generated questions (JSON lines of `{id, question, class}`).
+    pub questions: Option<PathBuf>,
+    pub heads: Option<PathBuf>,
+    pub variants: Vec<Variant>,
     pub seed: u64,
-    pub heads: std::path::PathBuf,
-    pub cache_dir: std::path::PathBuf,
+    pub cache_dir: PathBuf,
+}
+
+fn generated_cases<'a>(data: &'a Dataset, split: Split, seed: u64) -> Result<Vec<Case<'a>>> {
+    let generator = QuestionGenerator::new(Knowledge::load()?, Phrasings::HeldOut);
+    let others: Vec<(String, Vec<String>)> = data.all_classes()?.into_iter().collect();
+    let mut rng = SplitMix64::new(seed);
+    let mut cases = Vec::new();
+    for item in data.split(split) {
+        for record in &item.objects {
+            let Some(structure) = generator.knowledge().structure(&record.class) else { continue };
+            cases.push(Case { item, question: generator.positive(&structure, &mut rng).text, target: Some(record) });
+        }
+        if let Some(question) = generator.negative_for(&item.modality, &others, &mut rng) {
+            cases.push(Case { item, question: question.text, target: None });
+        }
+    }
+    Ok(cases)
+}
+
+fn file_cases<'a>(data: &'a Dataset, path: &Path) -> Result<Vec<Case<'a>>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let by_id: BTreeMap<&str, &ImageItem> = data.images.iter().map(|i| (i.id.as_str(), i)).collect();
+    let mut cases = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = || format!("{}:{}", path.display(), n + 1);
+        let line: QuestionLine = serde_json::from_str(line).map_err(|e| Error::Other(format!("{}: {e}", at())))?;
+        let item = by_id.get(line.id.as_str()).ok_or_else(|| Error::Other(format!("{}: no image {:?} in the data", at(), line.id)))?;
+        let target = match &line.class {
+            Some(class) => Some(
+                item.objects
+                    .iter()
+                    .find(|o| &o.class == class)
+                    .ok_or_else(|| Error::Other(format!("{}: image {:?} has no {class:?} mask", at(), line.id)))?,
+            ),
+            None => None,
+        };
+        cases.push(Case { item, question: line.question, target });
+    }
+    Ok(cases)
+}
+
+/// Mean normalised (cx, cy, w, h) box of every class in the training split: the text-only
+/// baseline's whole knowledge of where things are.
+fn class_prior_boxes(train: &Dataset) -> BTreeMap<String, [f32; 4]> {
+    let mut sums: BTreeMap<String, ([f64; 4], usize)> = BTreeMap::new();
+    for record in train.split(Split::Train).flat_map(|i| &i.objects) {
+        let (_, _, scale) = scaled_size(record.width, record.height);
+        let [x0, y0, x1, y1] = record.bbox.map(|v| v as f64 * scale as f64 / INPUT_SIZE as f64);
+        let entry = sums.entry(record.class.clone()).or_default();
+        for (s, v) in entry.0.iter_mut().zip([(x0 + x1) / 2.0, (y0 + y1) / 2.0, x1 - x0, y1 - y0]) {
+            *s += v;
+        }
+        entry.1 += 1;
+    }
+    sums.into_iter().map(|(class, (s, n))| (class, s.map(|v| (v / n as f64) as f32))).collect()
+}
+
+/// What one model variant scored.
+struct VariantResult {
+    overall: [Accumulator; 3],
+    per_set: BTreeMap<String, [Accumulator; 3]>,
+    latency_ms: Vec<f64>,
+}
+
+const ROWS: [&str; 3] = ["medsee (question → mask)", "text-only baseline", "upper bound (GT box)"];
+
+fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, data: &Dataset, cases: &[Case], priors: &BTreeMap<String, [f32; 4]>, log: &mut dyn FnMut(&str)) -> Result<VariantResult> {
+    let reasoner = Reasoner::load(paths, variant, config.heads.as_deref())?;
+    let device = reasoner.segmenter().device().clone();
+    let cache = EmbeddingCache::new(&config.cache_dir.join(variant.as_str()))?;
+    let mut images: Vec<&ImageItem> = cases.iter().map(|c| c.item).collect();
+    images.dedup_by(|a, b| a.id == b.id);
+    cache.fill(reasoner.segmenter(), &images, log)?;
+    let sam = reasoner.segmenter().model();
+    let mut result = VariantResult { overall: Default::default(), per_set: BTreeMap::new(), latency_ms: Vec::new() };
+    let mut current: Option<(&str, Tensor<4>)> = None;
+    for (n, case) in cases.iter().enumerate() {
+        if current.as_ref().map(|c| c.0) != Some(case.item.id.as_str()) {
+            current = Some((&case.item.id, cache.load(case.item, &device)?));
+        }
+        let tensor = current.as_ref().expect("set above").1.clone();
+        let first = case.item.objects.first().expect("an image has objects");
+        let (sw, sh, scale) = scaled_size(first.width, first.height);
+        let embedding = ImageEmbedding { tensor: tensor.clone(), scaled_size: (sw, sh), original_size: (first.width, first.height), scale };
+        let set = case.item.id.split('/').next().unwrap_or_default().to_string();
+        let started = Instant::now();
+        let out = reasoner.forward(&embedding, &clean_question(&case.question)?)?;
+        let found = block_on(read_f32(out.presence_logit))?[0] > 0.0;
+        let mask = block_on(read_f32(out.decoder.low_res_masks))?;
+        let pred_box = block_on(read_f32(out.box_cxcywh))?;
+        result.latency_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        let per_set = result.per_set.entry(set).or_default();
+        let Some(record) = case.target else {
+            // The text-only baseline cannot see that the structure is missing: it always answers.
+            for acc in [&mut result.overall, per_set] {
+                acc[0].add_absent(!found);
+                acc[1].add_absent(false);
+            }
+            continue;
+        };
+        let targets = Targets::load(&data.root, record)?;
+        let target_box = xyxy(targets.box_cxcywh);
+        let prior = priors.get(&record.class).copied().map(xyxy);
+        let decode = |b: [f32; 4]| {
+            let boxes = Tensor::<1>::from_floats(b.as_slice(), &device).reshape([1, 4]);
+            block_on(read_f32(sam.decode_boxes(tensor.clone(), boxes, None).low_res_masks))
+        };
+        let prior_mask = prior.map(decode).transpose()?;
+        let bound_mask = decode(target_box)?;
+        let model_box = found.then(|| xyxy([pred_box[0], pred_box[1], pred_box[2], pred_box[3]]));
+        for acc in [&mut result.overall, per_set] {
+            acc[0].add_present(found.then_some(mask.as_slice()), &targets.mask, model_box, target_box);
+            acc[1].add_present(prior_mask.as_deref(), &targets.mask, prior, target_box);
+            acc[2].add_present(Some(&bound_mask), &targets.mask, Some(target_box), target_box);
+        }
+        if n % 25 == 24 || n + 1 == cases.len() {
+            log(&format!("eval {variant}: {}/{} questions", n + 1, cases.len()));
+        }
+    }
+    Ok(result)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn print_table(title: &str, rows: &[(&str, Scores)]) {
+    println!("\n{title}");
+    println!("{:<28} {:>5} {:>6} {:>6} {:>6} {:>7} {:>7} {:>9}", "", "n", "gIoU", "cIoU", "Dice", "boxIoU", "box@.5", "notfound");
+    for (name, s) in rows {
+        println!(
+            "{name:<28} {:>5} {:>6.3} {:>6.3} {:>6.3} {:>7.3} {:>7.3} {:>8.1}%",
+            s.questions, s.giou, s.ciou, s.dice, s.box_iou, s.box_acc50, 100.0 * s.not_found_rate
+        );
+    }
 }
 
 pub fn evaluate(paths: &ModelPaths, config: &EvalConfig, log: &mut dyn FnMut(&str)) -> Result<serde_json::Value> {
-    let data = Dataset::load(&Dataset::default_root())?;
-    let images = select_images(&data, Split::Val, config.images_per_set, config.seed);
-    let device = Device::flex();
-    let segmenter = BoxSegmenter::load(&paths.converted, Variant::F32, device.clone())?;
-    let cache = EmbeddingCache::new(&config.cache_dir)?;
-    cache.fill(&segmenter, &images, log)?;
-    let llm = TextModel::load(&paths.converted, Variant::Q8, &device)?;
-    let reason = ReasonConfig::smollm2_litemedsam();
-    let bytes = std::fs::read(&config.heads).map_err(|e| Error::io(&config.heads, e))?;
-    let heads: ReasoningHeads = weights::load_record(reason.init(&device), &config.heads.display().to_string(), bytes)?;
-    let generator = QuestionGenerator::new(Knowledge::load()?, Phrasings::HeldOut);
-    let others: Vec<(String, Vec<String>)> = data.classes().into_iter().collect();
-    let mut rng = SplitMix64::new(config.seed);
-    let (mut model, mut upper) = (Accumulator::default(), Accumulator::default());
-    let (mut negatives, mut not_found) = (0usize, 0usize);
-    let sam = segmenter.model();
-
-    for (n, item) in images.iter().enumerate() {
-        let embedding = cache.load(item, &device)?;
-        for record in &item.objects {
-            let Some(structure) = generator.knowledge().structure(&record.class) else { continue };
-            let targets = Targets::load(&data.root, record)?;
-            let question = generator.positive(&structure, &mut rng);
-            let layout = Layout::new(&llm.tokenizer, &question.text, &[], reason.vision_tokens(64), reason.candidates)?;
-            let out = heads.forward(sam, &llm.model, embedding.clone(), &layout)?;
-            let found = block_on(read_f32(out.presence_logit))?[0] > 0.0;
-            let mut mask = block_on(read_f32(out.decoder.low_res_masks))?;
-            if !found {
-                mask.iter_mut().for_each(|v| *v = -1.0);
-            }
-            model.found += usize::from(found);
-            model.add_mask(&mask, &targets.mask);
-            let pred_box = block_on(read_f32(out.box_cxcywh))?;
-            model.add_box(xyxy([pred_box[0], pred_box[1], pred_box[2], pred_box[3]]), xyxy(targets.box_cxcywh));
-
-            let gt_box = Tensor::<1>::from_floats(xyxy(targets.box_cxcywh).as_slice(), &device).reshape([1, 4]);
-            let bound = sam.decode_boxes(embedding.clone(), gt_box, None);
-            upper.found += 1;
-            upper.add_mask(&block_on(read_f32(bound.low_res_masks))?, &targets.mask);
-            upper.add_box(xyxy(targets.box_cxcywh), xyxy(targets.box_cxcywh));
-        }
-        if let Some(question) = generator.negative_for(&item.modality, &others, &mut rng) {
-            let layout = Layout::new(&llm.tokenizer, &question.text, &[], reason.vision_tokens(64), reason.candidates)?;
-            let out = heads.forward(sam, &llm.model, embedding.clone(), &layout)?;
-            negatives += 1;
-            not_found += usize::from(block_on(read_f32(out.presence_logit))?[0] <= 0.0);
-        }
-        if n % 10 == 9 || n + 1 == images.len() {
-            log(&format!("eval: {}/{} images", n + 1, images.len()));
-        }
+    let data = Dataset::load(&config.data)?;
+    let train = if config.data == Dataset::default_root() { data.clone() } else { Dataset::load(&Dataset::default_root())? };
+    let priors = class_prior_boxes(&train);
+    let cases = match &config.questions {
+        Some(path) => file_cases(&data, path)?,
+        None => generated_cases(&data, config.split.clone(), config.seed)?,
+    };
+    if cases.is_empty() {
+        return Err(Error::Other(format!("no questions to evaluate in {} ({:?} split)", config.data.display(), config.split)));
     }
-    let (model, upper) = (model.scores(), upper.scores());
-    let not_found_rate = not_found as f64 / negatives.max(1) as f64;
-    println!("\nreasoning segmentation, val split, held-out phrasings, {} questions + {negatives} absent-target questions", model.questions);
-    println!("{:<34} {:>7} {:>7} {:>7} {:>8} {:>8} {:>7}", "", "gIoU", "cIoU", "Dice", "box IoU", "box@0.5", "found");
-    for (name, s) in [("medsee (question → mask)", &model), ("upper bound (LiteMedSAM + GT box)", &upper)] {
-        println!("{name:<34} {:>7.3} {:>7.3} {:>7.3} {:>8.3} {:>8.3} {:>7.3}", s.giou, s.ciou, s.dice, s.box_iou, s.box_acc50, s.found_rate);
+    let source = match &config.questions {
+        Some(path) => format!("questions from {}", path.display()),
+        None => format!("{:?} split, generated questions with held-out phrasings", config.split),
+    };
+    let mut report = serde_json::Map::new();
+    for &variant in &config.variants {
+        let mut result = evaluate_variant(paths, config, variant, &data, &cases, &priors, log)?;
+        let latency = median(&mut result.latency_ms);
+        let rows: Vec<(&str, Scores)> = ROWS.iter().zip(&result.overall).map(|(name, acc)| (*name, acc.scores())).collect();
+        print_table(&format!("{variant} weights — {source}; median question → mask {latency:.0} ms"), &rows);
+        let ratio = rows[0].1.giou / rows[2].1.giou.max(1e-9);
+        println!("gIoU / upper bound = {ratio:.3} (target ≥ 0.85); box Acc@0.5 target ≥ 0.85; not found target ≥ 90 %");
+        println!("{:<34} {:>5} {:>7} {:>7} {:>7}", "per data set (gIoU)", "n", "medsee", "text", "bound");
+        let mut per_set = serde_json::Map::new();
+        for (set, accs) in &result.per_set {
+            let [m, t, u] = [0, 1, 2].map(|i| accs[i].scores());
+            println!("{set:<34} {:>5} {:>7.3} {:>7.3} {:>7.3}", m.questions, m.giou, t.giou, u.giou);
+            per_set.insert(set.clone(), json!({ "medsee": m, "text_only": t, "upper_bound": u }));
+        }
+        report.insert(
+            variant.to_string(),
+            json!({
+                "medsee": rows[0].1, "text_only": rows[1].1, "upper_bound": rows[2].1,
+                "giou_over_upper_bound": ratio, "median_question_to_mask_ms": latency, "per_set": per_set,
+            }),
+        );
     }
-    println!("absent targets answered \"not found\": {not_found}/{negatives} ({:.1} %)", 100.0 * not_found_rate);
-    Ok(json!({ "model": model, "upper_bound": upper, "absent_questions": negatives, "not_found_rate": not_found_rate,
-               "images": images.len(), "heads": config.heads, "phrasings": "held out" }))
+    Ok(json!({ "source": source, "data": config.data, "questions": cases.len(), "heads": config.heads, "variants": report }))
 }
 
 #[cfg(test)]
@@ -185,10 +334,22 @@ mod tests {
     #[test]
     fn cumulative_and_mean_iou_differ_as_defined() {
         let mut acc = Accumulator::default();
-        acc.add_mask(&[1.0, 1.0, -1.0, -1.0], &[1.0, 1.0, 0.0, 0.0]); // IoU 1 (2/2)
-        acc.add_mask(&[1.0, -1.0, -1.0, -1.0], &[0.0, 1.0, 1.0, 1.0]); // IoU 0 (0/4)
+        let b = [0.0, 0.0, 1.0, 1.0];
+        acc.add_present(Some(&[1.0, 1.0, -1.0, -1.0]), &[1.0, 1.0, 0.0, 0.0], Some(b), b); // IoU 1 (2/2)
+        acc.add_present(Some(&[1.0, -1.0, -1.0, -1.0]), &[0.0, 1.0, 1.0, 1.0], None, b); // IoU 0 (0/4)
         let s = acc.scores();
         assert!((s.giou - 0.5).abs() < 1e-9);
         assert!((s.ciou - 2.0 / 6.0).abs() < 1e-9);
+        assert!((s.box_acc50 - 0.5).abs() < 1e-9, "a missing box counts as a miss");
+    }
+
+    #[test]
+    fn not_found_counts_as_an_empty_mask() {
+        let mut acc = Accumulator::default();
+        acc.add_present(None, &[1.0, 0.0], None, [0.0, 0.0, 1.0, 1.0]);
+        acc.add_absent(true);
+        acc.add_absent(false);
+        let s = acc.scores();
+        assert_eq!((s.giou, s.not_found_rate, s.absent_questions), (0.0, 0.5, 2));
     }
 }

@@ -1,7 +1,8 @@
 //! MediSee's training losses, as tensor functions (they run under autodiff when training):
-//! masks BCE×2 + Dice×0.5, boxes L1 + GIoU×2, the similarity-map BCE and the presence BCE.
+//! masks BCE×2 + Dice×0.5, boxes L1 + GIoU×2, the similarity-map BCE + Dice, the presence BCE
+//! and the class cross-entropy.
 
-use burn::tensor::activation::{log_sigmoid, sigmoid};
+use burn::tensor::activation::{log_sigmoid, log_softmax, sigmoid};
 use burn::tensor::Tensor;
 
 /// Mean binary cross-entropy of `logits` against 0/1 `targets`, computed stably from logits.
@@ -22,6 +23,11 @@ pub fn dice_loss<const D: usize>(logits: Tensor<D>, targets: Tensor<D>) -> Tenso
 /// The mask loss of MediSee: BCE×2 + Dice×0.5.
 pub fn mask_loss<const D: usize>(logits: Tensor<D>, targets: Tensor<D>) -> Tensor<1> {
     bce_with_logits(logits.clone(), targets.clone()) * 2.0 + dice_loss(logits, targets) * 0.5
+}
+
+/// Cross-entropy of one row of logits `[1, N]` against the class `target`.
+pub fn cross_entropy(logits: Tensor<2>, target: usize) -> Tensor<1> {
+    -log_softmax(logits, 1).narrow(1, target, 1).reshape([1])
 }
 
 /// Mean generalised IoU loss `1 − GIoU` of `[B, 4]` boxes given as (x0, y0, x1, y1).
@@ -78,6 +84,13 @@ mod tests {
         let perfect = Tensor::<1>::from_floats([30.0, 30.0, -30.0, -30.0], &Device::flex());
         assert!(scalar(dice_loss(perfect.clone(), target.clone())) < 1e-6);
         assert!(scalar(dice_loss(-perfect, target)) > 0.6);
+    }
+
+    #[test]
+    fn cross_entropy_matches_its_definition() {
+        let logits = Tensor::<1>::from_floats([1.0, 2.0, 3.0], &Device::flex()).reshape([1, 3]);
+        let expected = -(1.0f32 - (1.0f32.exp() + 2.0f32.exp() + 3.0f32.exp()).ln());
+        assert!((scalar(cross_entropy(logits, 0)) - expected).abs() < 1e-5);
     }
 
     #[test]

@@ -4,7 +4,6 @@
 pub mod cache;
 pub mod dataset;
 pub mod eval;
-pub mod knowledge;
 pub mod losses;
 pub mod questions;
 pub mod targets;

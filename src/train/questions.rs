@@ -7,7 +7,7 @@
 //! measures unseen phrasings. Generation is deterministic for a seed.
 
 use super::dataset::ImageItem;
-use super::knowledge::{Knowledge, Structure};
+use crate::reason::knowledge::{Knowledge, Structure};
 use crate::rng::SplitMix64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -141,19 +141,6 @@ pub fn modality_noun(modality: &str) -> &'static str {
     }
 }
 
-/// The knowledge table speaks as the patient ("lets me breathe"); answers speak to them.
-fn addressed_to_reader(text: &str) -> String {
-    text.split(' ')
-        .map(|word| match word {
-            "me" => "you",
-            "my" => "your",
-            "I" => "you",
-            other => other,
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Classes of `others` never annotated in images of `modality`.
 fn absent_classes<'a>(modality: &str, others: &'a [(String, Vec<String>)]) -> Vec<&'a str> {
     others.iter().filter(|(_, m)| !m.iter().any(|x| x == modality)).map(|(c, _)| c.as_str()).collect()
@@ -200,25 +187,6 @@ impl QuestionGenerator {
         }
     }
 
-    fn positive_answer(&self, s: &Structure) -> String {
-        let e = &s.entry;
-        let place = match s.side {
-            Some(side) => format!("{}, on your {} side ({})", e.location, side.word(), side.on_image()),
-            None => e.location.clone(),
-        };
-        format!("This is the {}, {place}. It {}.", s.name(), addressed_to_reader(&e.function))
-    }
-
-    fn negative_answer(&self, s: &Structure, modality: &str) -> String {
-        format!(
-            "I can't find the {} in this {}. The {} {}, but it is not visible here.",
-            s.name(),
-            modality_noun(modality),
-            s.entry.name,
-            addressed_to_reader(&s.entry.function)
-        )
-    }
-
     fn pick_template(&self, rng: &mut SplitMix64) -> usize {
         let range = self.phrasings.range();
         range.start + rng.below(range.len())
@@ -240,12 +208,12 @@ impl QuestionGenerator {
 
     /// A question whose answer is `target` (present in the image).
     pub fn positive(&self, target: &Structure, rng: &mut SplitMix64) -> Question {
-        self.ask(target, Some(target.class.clone()), self.positive_answer(target), rng)
+        self.ask(target, Some(target.class.clone()), target.description(), rng)
     }
 
     /// A question about `absent`, a structure that is not in this image.
     pub fn negative(&self, absent: &Structure, modality: &str, rng: &mut SplitMix64) -> Question {
-        self.ask(absent, None, self.negative_answer(absent, modality), rng)
+        self.ask(absent, None, absent.absent_description(modality_noun(modality)), rng)
     }
 
     /// A question about a class of `others` (class, modalities) that no image of `modality`

@@ -12,7 +12,7 @@ use crate::sam::INPUT_SIZE;
 pub struct Targets {
     /// 256×256, 0/1, row-major.
     pub mask: Vec<f32>,
-    /// 64×64 fraction of foreground in each 4×4 cell, thresholded at 0.5.
+    /// 64×64 fraction of foreground in each 4×4 cell (soft, so thin and small structures keep a target).
     pub coarse_mask: Vec<f32>,
     /// (cx, cy, w, h) in [0, 1] of the padded 256×256 frame.
     pub box_cxcywh: [f32; 4],
@@ -34,7 +34,7 @@ impl Targets {
         for cy in 0..coarse_side {
             for cx in 0..coarse_side {
                 let sum: f32 = (0..4).flat_map(|dy| (0..4).map(move |dx| (dy, dx))).map(|(dy, dx)| full[(cy * 4 + dy) * side + cx * 4 + dx]).sum();
-                coarse[cy * coarse_side + cx] = if sum >= 8.0 { 1.0 } else { 0.0 };
+                coarse[cy * coarse_side + cx] = sum / 16.0;
             }
         }
         let [x0, y0, x1, y1] = record.bbox.map(|v| v as f32 * scale / side as f32);

@@ -13,8 +13,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::cache::EmbeddingCache;
 use super::dataset::{Dataset, ImageItem, Split};
-use super::knowledge::Knowledge;
-use super::losses::{bce_with_logits, box_loss, mask_loss};
+use crate::reason::knowledge::Knowledge;
+use super::losses::{bce_with_logits, box_loss, cross_entropy, dice_loss, mask_loss};
 use super::questions::{Phrasings, Question, QuestionGenerator};
 use super::targets::Targets;
 use crate::error::{Error, Result};
@@ -25,9 +25,6 @@ use crate::rng::SplitMix64;
 use crate::segment::BoxSegmenter;
 use crate::weights::convert::ModelPaths;
 use crate::weights::{self, Variant};
-
-/// Similarity is a cosine in [-1, 1]; this scale turns it into a logit for its BCE loss.
-const SIMILARITY_SCALE: f64 = 10.0;
 
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
@@ -74,7 +71,14 @@ pub fn select_images(data: &Dataset, split: Split, per_set: usize, seed: u64) ->
 /// The losses of one question, as scalars for logging plus the total to differentiate.
 struct StepLoss {
     total: Tensor<1>,
-    parts: [f32; 4],
+    /// mask, box, similarity, presence, class.
+    parts: [f32; 5],
+}
+
+/// What a question asks for: the target's class row and its masks, or nothing (absent).
+struct Answer {
+    class: usize,
+    targets: Targets,
 }
 
 fn f32_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
@@ -88,27 +92,36 @@ fn question_loss(
     llm: &TextModel,
     embedding: Tensor<4>,
     question: &Question,
-    targets: Option<&Targets>,
+    answer: Option<&Answer>,
     config: &ReasonConfig,
 ) -> Result<StepLoss> {
     let device = embedding.device();
     let history: Vec<(String, String)> = question.history.iter().map(|t| (t.question.clone(), t.answer.clone())).collect();
     let layout = Layout::new(&llm.tokenizer, &question.text, &history, config.vision_tokens(64), config.candidates)?;
     let out = heads.forward(sam, &llm.model, embedding, &layout)?;
-    let present = f32_tensor(vec![if targets.is_some() { 1.0 } else { 0.0 }], [1], &device);
+    let present = f32_tensor(vec![if answer.is_some() { 1.0 } else { 0.0 }], [1], &device);
     let presence = bce_with_logits(out.presence_logit, present);
-    let Some(t) = targets else {
-        let value = presence.clone().into_scalar::<f32>();
-        return Ok(StepLoss { total: presence, parts: [0.0, 0.0, 0.0, value] });
+    let coarse_logits = out.similarity.logits.reshape([1, 64 * 64]);
+    let Some(answer) = answer else {
+        // Nothing to find: the similarity map should light up nowhere.
+        let similarity = bce_with_logits(coarse_logits.clone(), coarse_logits.zeros_like());
+        let parts = [0.0, 0.0, similarity.clone().into_scalar::<f32>(), presence.clone().into_scalar::<f32>(), 0.0];
+        return Ok(StepLoss { total: similarity + presence, parts });
     };
+    let t = &answer.targets;
     let mask = mask_loss(out.decoder.low_res_masks.reshape([1, 256 * 256]), f32_tensor(t.mask.clone(), [1, 256 * 256], &device));
     let boxes = box_loss(out.box_cxcywh.clone(), f32_tensor(t.box_cxcywh.to_vec(), [1, 4], &device));
-    let similarity = bce_with_logits(
-        out.similarity.reshape([1, 64 * 64]) * SIMILARITY_SCALE,
-        f32_tensor(t.coarse_mask.clone(), [1, 64 * 64], &device),
-    );
-    let parts = [&mask, &boxes, &similarity, &presence].map(|l| l.clone().into_scalar::<f32>());
-    Ok(StepLoss { total: mask + boxes + similarity + presence, parts })
+    let coarse = f32_tensor(t.coarse_mask.clone(), [1, 64 * 64], &device);
+    let similarity = bce_with_logits(coarse_logits.clone(), coarse.clone()) + dice_loss(coarse_logits, coarse) * 0.5;
+    let class = cross_entropy(out.class_logits, answer.class) * 0.5;
+    let parts = [&mask, &boxes, &similarity, &presence, &class].map(|l| l.clone().into_scalar::<f32>());
+    Ok(StepLoss { total: mask + boxes + similarity + presence + class, parts })
+}
+
+/// Cosine decay from `peak` to a tenth of it.
+fn learning_rate(peak: f64, step: usize, steps: usize) -> f64 {
+    let progress = step as f64 / steps.max(1) as f64;
+    peak * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()))
 }
 
 /// Trains (or resumes training) until `config.steps`.
@@ -128,7 +141,7 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
     let sam = BoxSegmenter::load(&paths.converted, Variant::F32, device.clone())?.model().clone().no_grad();
     let mut llm = TextModel::load(&paths.converted, Variant::F32, &device)?;
     llm.model = llm.model.no_grad();
-    let reason = ReasonConfig::smollm2_litemedsam();
+    let reason = ReasonConfig::smollm2_litemedsam()?;
     let heads_path = config.output_dir.join(HEADS_FILE);
     let state_path = config.output_dir.join(STATE_FILE);
     let (mut heads, mut state) = match std::fs::read(&heads_path) {
@@ -144,11 +157,12 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
     };
     let mut optim = AdamWConfig::new().with_weight_decay(1e-4).init();
     let generator = QuestionGenerator::new(Knowledge::load()?, Phrasings::Train);
+    let class_names = generator.knowledge().class_names();
     let others: Vec<(String, Vec<String>)> = data.classes().into_iter().collect();
     let curves_path = config.output_dir.join(CURVES_FILE);
     let mut curves = std::fs::OpenOptions::new().create(true).append(true).open(&curves_path).map_err(|e| Error::io(&curves_path, e))?;
     if state.step == 0 {
-        writeln!(curves, "step,loss,mask,box,similarity,presence,positive").map_err(|e| Error::io(&curves_path, e))?;
+        writeln!(curves, "step,loss,mask,box,similarity,presence,class,positive").map_err(|e| Error::io(&curves_path, e))?;
     }
 
     let started = Instant::now();
@@ -159,7 +173,7 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         let mut rng = SplitMix64::new(state.seed ^ (state.step as u64).wrapping_mul(0x9e37_79b9));
         let item = images[rng.below(images.len())];
         let negative = rng.next_f64() < config.negative_rate;
-        let (question, targets) = if negative {
+        let (question, answer) = if negative {
             let question = generator
                 .negative_for(&item.modality, &others, &mut rng)
                 .ok_or_else(|| Error::Other(format!("no absent-structure question for a {} image", item.modality)))?;
@@ -168,20 +182,21 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
             let record = rng.pick(&item.objects);
             let structure =
                 generator.knowledge().structure(&record.class).ok_or_else(|| Error::Other(format!("no knowledge for {}", record.class)))?;
-            (generator.positive(&structure, &mut rng), Some(Targets::load(&data.root, record)?))
+            let class = class_names.iter().position(|c| *c == record.class).expect("every resolvable class has a row");
+            (generator.positive(&structure, &mut rng), Some(Answer { class, targets: Targets::load(&data.root, record)? }))
         };
         let embedding = cache.load(item, &device)?;
-        let loss = question_loss(&heads, &sam, &llm, embedding, &question, targets.as_ref(), &reason)?;
+        let loss = question_loss(&heads, &sam, &llm, embedding, &question, answer.as_ref(), &reason)?;
         let grads = GradientsParams::from_grads(loss.total.backward(), &heads);
-        heads = optim.step(config.learning_rate, heads, grads);
+        heads = optim.step(learning_rate(config.learning_rate, state.step, config.steps), heads, grads);
         state.step += 1;
 
         let total: f32 = loss.parts.iter().sum();
         window.push(total);
         writeln!(
             curves,
-            "{},{total:.5},{:.5},{:.5},{:.5},{:.5},{}",
-            state.step, loss.parts[0], loss.parts[1], loss.parts[2], loss.parts[3], u8::from(!negative)
+            "{},{total:.5},{:.5},{:.5},{:.5},{:.5},{:.5},{}",
+            state.step, loss.parts[0], loss.parts[1], loss.parts[2], loss.parts[3], loss.parts[4], u8::from(!negative)
         )
         .map_err(|e| Error::io(&curves_path, e))?;
         if state.step % 10 == 0 || state.step == config.steps {

@@ -16,23 +16,27 @@ use crate::llm::tokenizer::TextTokenizer;
 /// File names of the converted SmolLM2 tokenizer and architecture.
 pub const SMOLLM2_TOKENIZER: &str = "smollm2-tokenizer.json";
 pub const SMOLLM2_CONFIG: &str = "smollm2-config.json";
+/// The trained reasoning heads (committed under `models/`, copied next to the converted files).
+pub const REASON_HEADS_FILE: &str = "reason-heads.bpk";
 
 /// Where the fetched sources and the converted files live.
 #[derive(Debug, Clone)]
 pub struct ModelPaths {
     pub sources: PathBuf,
     pub converted: PathBuf,
+    /// The checkout's `models/`, where the project's own trained weights are committed.
+    pub trained: PathBuf,
 }
 
 impl ModelPaths {
     /// `models/` of this checkout unless `MEDSEE_MODELS` points elsewhere.
     pub fn from_env_or(default_root: &Path) -> Self {
         let root = std::env::var_os("MEDSEE_MODELS").map(PathBuf::from).unwrap_or_else(|| default_root.to_path_buf());
-        Self::under(&root)
+        Self { trained: default_root.to_path_buf(), ..Self::under(&root) }
     }
 
     pub fn under(root: &Path) -> Self {
-        Self { sources: root.join("sources"), converted: root.join("converted") }
+        Self { sources: root.join("sources"), converted: root.join("converted"), trained: root.to_path_buf() }
     }
 
     pub fn source_file(&self, source: &SourceFile) -> PathBuf {
@@ -80,6 +84,25 @@ pub fn convert_all(paths: &ModelPaths, device: &Device, force: bool, log: &mut d
         index.sources.insert(id.to_string(), source.sha256.to_string());
         index.converter = format!("medsee {}", env!("CARGO_PKG_VERSION"));
         index.write(&paths.converted)?;
+    }
+    install_trained(paths, &mut index, log)?;
+    index.write(&paths.converted)
+}
+
+/// Copies the project's trained files (checked against the manifest) next to the converted ones,
+/// so the CLI and the page find every weight in one verified folder.
+fn install_trained(paths: &ModelPaths, index: &mut Index, log: &mut dyn FnMut(&str)) -> Result<()> {
+    for trained in manifest::TRAINED {
+        if index.files.get(trained.file).is_some_and(|e| e.sha256 == trained.sha256) && read_verified(&paths.converted, trained.file).is_ok() {
+            log(&format!("{}: up to date ({})", trained.id, trained.file));
+            continue;
+        }
+        let path = paths.trained.join(trained.file);
+        let bytes = std::fs::read(&path).map_err(|e| Error::weights(path.display().to_string(), format!("{e}; it is part of the checkout")))?;
+        verify(&path.display().to_string(), &bytes, trained.size, trained.sha256)?;
+        write_atomic(&paths.converted.join(trained.file), &bytes)?;
+        index.files.insert(trained.file.to_string(), FileEntry { size: trained.size, sha256: trained.sha256.to_string() });
+        log(&format!("{}: installed {} ({:.1} MB, sha256 verified)", trained.id, trained.file, bytes.len() as f64 / 1e6));
     }
     Ok(())
 }

@@ -16,7 +16,21 @@ pub struct SourceFile {
     pub sha256: &'static str,
 }
 
+/// A file the project trained itself, committed under `models/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainedFile {
+    pub id: &'static str,
+    pub file: &'static str,
+    pub size: u64,
+    pub sha256: &'static str,
+}
+
 include!(concat!(env!("OUT_DIR"), "/manifest.rs"));
+
+/// The committed trained file with this id, if the manifest lists one.
+pub fn trained(id: &str) -> Option<&'static TrainedFile> {
+    TRAINED.iter().find(|t| t.id == id)
+}
 
 /// The manifest entry with this id. Ids are fixed at build time, so a miss is a programming error
 /// caught by the unit test below.
@@ -29,6 +43,7 @@ pub fn source(id: &str) -> &'static SourceFile {
 
 pub const LITEMEDSAM: &str = "litemedsam";
 pub const SMOLLM2: &str = "smollm2";
+pub const REASON_HEADS: &str = "reason-heads";
 
 #[cfg(test)]
 mod tests {

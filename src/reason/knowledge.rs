@@ -1,5 +1,6 @@
 //! The knowledge table (`knowledge.toml`): what every segmentable structure is, does and looks
 //! like, in words a patient would use. Classes with a `left_`/`right_` prefix share one entry.
+//! Training draws questions from it; answers draw their explanations' facts from it.
 
 use std::collections::BTreeMap;
 
@@ -60,6 +61,39 @@ impl Structure {
             None => self.entry.name.clone(),
         }
     }
+
+    /// What the structure is, where and what it does, told to the patient.
+    pub fn description(&self) -> String {
+        let e = &self.entry;
+        let place = match self.side {
+            Some(side) => format!("{}, on your {} side ({})", e.location, side.word(), side.on_image()),
+            None => e.location.clone(),
+        };
+        format!("This is the {}, {place}. It {}.", self.name(), addressed_to_reader(&e.function))
+    }
+
+    /// The honest answer when the structure is not in the image (`image` names the kind of image).
+    pub fn absent_description(&self, image: &str) -> String {
+        format!(
+            "I can't find the {} in this {image}. The {} {}, but it is not visible here.",
+            self.name(),
+            self.entry.name,
+            addressed_to_reader(&self.entry.function)
+        )
+    }
+}
+
+/// The knowledge table speaks as the patient ("lets me breathe"); answers speak to them.
+pub fn addressed_to_reader(text: &str) -> String {
+    text.split(' ')
+        .map(|word| match word {
+            "me" => "you",
+            "my" => "your",
+            "I" => "you",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +110,20 @@ impl Knowledge {
 
     pub fn keys(&self) -> impl Iterator<Item = &String> {
         self.entries.keys()
+    }
+
+    /// Every class name the table resolves (`liver`, `lung`, `left_lung`, `right_lung`, …), in a
+    /// fixed order: the rows of the trained class head.
+    pub fn class_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for (key, entry) in &self.entries {
+            names.push(key.clone());
+            if entry.sided {
+                names.push(format!("left_{key}"));
+                names.push(format!("right_{key}"));
+            }
+        }
+        names
     }
 
     /// The entry for a data set class (`left_lung` → the sided `lung` entry).
@@ -105,5 +153,15 @@ mod tests {
         assert_eq!(k.structure("liver").unwrap().name(), "liver");
         assert!(k.structure("left_liver").is_none(), "liver is not sided");
         assert!(k.structure("unknown_thing").is_none());
+    }
+
+    #[test]
+    fn every_class_name_resolves_once() {
+        let k = Knowledge::load().unwrap();
+        let names = k.class_names();
+        let unique: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
+        assert!(names.iter().all(|n| k.structure(n).is_some()), "every listed class resolves");
+        assert!(names.contains(&"left_lung".to_string()) && names.contains(&"liver".to_string()));
     }
 }

@@ -1,0 +1,268 @@
+//! Reasoning segmentation: image → embedding (once per image) → question → mask, box, presence,
+//! fusion weights and heat map → a streamed explanation. The engine shared by the CLI, the
+//! evaluation and (through `web`) the page.
+
+use burn::tensor::activation::softmax;
+
+use crate::error::{Error, Result};
+use crate::image::{Mask, PixelBox, RgbImage};
+use crate::llm::chat::{chat_ids, Message, Role};
+use crate::llm::generate::{generate_from_ids, GenerateOptions, Sampling};
+use crate::llm::TextModel;
+use crate::reason::heads::cxcywh_to_xyxy;
+use crate::reason::knowledge::{Knowledge, Structure};
+use crate::reason::sequence::Layout;
+use crate::reason::{ReasonConfig, ReasonOutput, ReasoningHeads};
+use crate::sam::{postprocess_masks, INPUT_SIZE};
+use crate::segment::{read_f32, BoxSegmenter, ImageEmbedding};
+use crate::weights;
+
+/// Longer questions are refused rather than cut: a cut question could change its meaning.
+pub const MAX_QUESTION_CHARS: usize = 500;
+/// The class head must be at least this sure before the explanation names the structure.
+pub const NAMING_CONFIDENCE: f32 = 0.5;
+/// Most tokens an explanation may take.
+pub const EXPLANATION_TOKENS: usize = 80;
+
+const EXPLAINER_SYSTEM: &str = "You are medsee. You explain a highlighted part of a medical image to a patient in plain, kind words. \
+You use only the facts you are given and never give a diagnosis.";
+
+/// Checks a question and normalises it: control characters become spaces, runs of white space
+/// collapse. Empty and over-long questions are errors a person can act on.
+pub fn clean_question(text: &str) -> Result<String> {
+    let spaced: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let cleaned = spaced.split_whitespace().collect::<Vec<_>>().join(" ");
+    if cleaned.is_empty() {
+        return Err(Error::Prompt("the question is empty; ask about a structure in the image".into()));
+    }
+    let chars = cleaned.chars().count();
+    if chars > MAX_QUESTION_CHARS {
+        return Err(Error::Prompt(format!("the question is {chars} characters long; please keep it under {MAX_QUESTION_CHARS}")));
+    }
+    Ok(cleaned)
+}
+
+/// The known structure the question was understood as.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Understood {
+    pub class: String,
+    pub name: String,
+    pub confidence: f32,
+}
+
+/// The similarity map on the 64×64 embedding grid, with the part that covers the image.
+#[derive(Debug, Clone)]
+pub struct Heatmap {
+    /// Cosine similarity, 64×64 row-major, over the padded model input.
+    pub values: Vec<f32>,
+    /// Cells covering the (unpadded) image: width, height.
+    pub image_cells: (usize, usize),
+}
+
+/// The answer to one question (the explanation is generated separately, see [`Reasoner::explain`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Answer {
+    pub question: String,
+    /// The presence head says the structure is in the image.
+    pub found: bool,
+    /// Probability that the structure is present.
+    pub presence: f32,
+    /// Predicted box in image pixels (the mask decoder's box prompt); `None` when not found.
+    #[serde(rename = "box")]
+    pub bbox: Option<PixelBox>,
+    /// The mask decoder's estimate of the mask's IoU.
+    pub score: f32,
+    pub mask_area: u64,
+    pub structure: Option<Understood>,
+    /// Candidate fusion weights (`[SEG]`, `[BBOX]`, extra candidates…) of the mask and box branches.
+    pub seg_weights: Vec<f32>,
+    pub box_weights: Vec<f32>,
+    #[serde(skip)]
+    pub mask: Mask,
+    #[serde(skip)]
+    pub heatmap: Heatmap,
+}
+
+/// LiteMedSAM, SmolLM2 and the trained reasoning heads.
+pub struct Reasoner {
+    segmenter: BoxSegmenter,
+    llm: TextModel,
+    heads: ReasoningHeads,
+    config: ReasonConfig,
+    knowledge: Knowledge,
+    classes: Vec<String>,
+}
+
+impl Reasoner {
+    /// Builds the reasoner from loaded engines and the heads' burnpack bytes (already verified).
+    pub fn new(segmenter: BoxSegmenter, llm: TextModel, heads_file: &str, heads_bytes: Vec<u8>) -> Result<Self> {
+        let config = ReasonConfig::smollm2_litemedsam()?;
+        let heads = weights::load_record(config.init(segmenter.device()), heads_file, heads_bytes)?;
+        let knowledge = Knowledge::load()?;
+        let classes = knowledge.class_names();
+        Ok(Self { segmenter, llm, heads, config, knowledge, classes })
+    }
+
+    /// Loads everything from the converted-weights folder (each file checked against its
+    /// sha256); `heads` overrides the shipped reasoning heads with a freshly trained file.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(paths: &crate::weights::convert::ModelPaths, variant: weights::Variant, heads: Option<&std::path::Path>) -> Result<Self> {
+        let device = burn::tensor::Device::flex();
+        let segmenter = BoxSegmenter::load(&paths.converted, variant, device.clone())?;
+        let llm = TextModel::load(&paths.converted, variant, &device)?;
+        let (name, bytes) = match heads {
+            Some(path) => (path.display().to_string(), std::fs::read(path).map_err(|e| Error::io(path, e))?),
+            None => {
+                let name = crate::weights::convert::REASON_HEADS_FILE;
+                (name.to_string(), weights::store::read_verified(&paths.converted, name)?)
+            }
+        };
+        Self::new(segmenter, llm, &name, bytes)
+    }
+
+    pub fn segmenter(&self) -> &BoxSegmenter {
+        &self.segmenter
+    }
+
+    pub fn knowledge(&self) -> &Knowledge {
+        &self.knowledge
+    }
+
+    /// Runs the image encoder: once per image, every question reuses the result.
+    pub fn encode(&self, image: &RgbImage) -> ImageEmbedding {
+        self.segmenter.encode(image)
+    }
+
+    /// The reasoning graph's raw outputs for a (clean) question; for evaluation.
+    pub fn forward(&self, embedding: &ImageEmbedding, question: &str) -> Result<ReasonOutput> {
+        let layout = Layout::new(&self.llm.tokenizer, question, &[], self.config.vision_tokens(64), self.config.candidates)?;
+        if layout.len() > self.llm.config.max_sequence {
+            return Err(Error::Prompt(format!("the question is too long for the language model ({} tokens)", layout.len())));
+        }
+        self.heads.forward(self.segmenter.model(), &self.llm.model, embedding.tensor.clone(), &layout)
+    }
+
+    /// Answers `question` about the encoded image: mask, box, presence, fusion weights, heat map.
+    pub async fn ask(&self, embedding: &ImageEmbedding, question: &str) -> Result<Answer> {
+        let question = clean_question(question)?;
+        let out = self.forward(embedding, &question)?;
+        let (width, height) = embedding.original_size;
+        let presence = sigmoid(read_f32(out.presence_logit).await?[0]);
+        let found = presence > 0.5;
+        let class_probs = read_f32(softmax(out.class_logits, 1)).await?;
+        let structure = class_probs
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .filter(|(_, &p)| p >= NAMING_CONFIDENCE)
+            .and_then(|(i, &p)| {
+                let s = self.knowledge.structure(&self.classes[i])?;
+                Some(Understood { class: s.class.clone(), name: s.name(), confidence: p })
+            });
+        let seg_weights = read_f32(out.fused.seg_weights).await?;
+        let box_weights = read_f32(out.fused.box_weights).await?;
+        let (sw, sh) = embedding.scaled_size;
+        let cells = |n: u32| (n as usize).div_ceil(INPUT_SIZE / 64).clamp(1, 64);
+        let heatmap = Heatmap { values: read_f32(out.similarity.cosine).await?, image_cells: (cells(sw), cells(sh)) };
+        let score = read_f32(out.decoder.iou_predictions).await?[0];
+        let (mask, bbox) = if found {
+            let logits = postprocess_masks(out.decoder.low_res_masks, [sh as usize, sw as usize], [height as usize, width as usize]);
+            let mask = Mask::from_logits(width, height, &read_f32(logits).await?);
+            let model_box = read_f32(cxcywh_to_xyxy(out.box_cxcywh, INPUT_SIZE as f64)).await?;
+            let [x0, y0, x1, y1] = [0, 1, 2, 3].map(|i| model_box[i] / embedding.scale);
+            let clip = |v: f32, max: u32| v.clamp(0.0, max as f32);
+            (mask, Some(PixelBox::new(clip(x0, width), clip(y0, height), clip(x1, width), clip(y1, height))))
+        } else {
+            (Mask { width, height, data: vec![0; width as usize * height as usize] }, None)
+        };
+        Ok(Answer { question, found, presence, bbox, score, mask_area: mask.area(), structure, seg_weights, box_weights, mask, heatmap })
+    }
+
+    /// The explanation of `answer`, streamed piece by piece to `on_text` (return false to stop).
+    /// It is grounded: the language model only rephrases the knowledge table's facts about the
+    /// structure that was found, in answer to the question. With nothing found, or a structure
+    /// the model is unsure of, it says so plainly instead of letting the model guess.
+    pub async fn explain(&self, answer: &Answer, mut on_text: impl FnMut(&str) -> bool) -> Result<String> {
+        let known = answer.structure.as_ref().and_then(|u| self.knowledge.structure(&u.class));
+        let fixed = match (&known, answer.found) {
+            (Some(s), false) => Some(format!("I can't find the {} in this image.", s.name())),
+            (None, false) => Some("I can't find that in this image.".to_string()),
+            (None, true) => Some("The highlighted area is where the model found what you asked about, but it cannot tell with confidence which structure it is.".to_string()),
+            (Some(_), true) => None,
+        };
+        if let Some(text) = fixed {
+            on_text(&text);
+            return Ok(text);
+        }
+        let structure = known.expect("matched above");
+        let prompt = chat_ids(&self.llm.tokenizer, &explainer_messages(&answer.question, &structure), true)?;
+        let tokenizer = &self.llm.tokenizer;
+        let options = GenerateOptions {
+            max_tokens: EXPLANATION_TOKENS,
+            sampling: Sampling::Greedy,
+            stop_tokens: vec![tokenizer.im_end, tokenizer.end_of_text],
+        };
+        // Decode everything so far each time: a byte-level token may end inside a character.
+        let mut tokens = Vec::new();
+        let mut shown = 0;
+        generate_from_ids(&self.llm.model, &prompt, &options, |token| {
+            tokens.push(token);
+            match tokenizer.decode(&tokens) {
+                Ok(text) if text.len() > shown && text.is_char_boundary(shown) && !text.ends_with('\u{fffd}') => {
+                    let keep_going = on_text(&text[shown..]);
+                    shown = text.len();
+                    keep_going
+                }
+                _ => true,
+            }
+        })
+        .await?;
+        Ok(tokenizer.decode(&tokens)?.trim().to_string())
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// The conversation that asks the language model to explain what was found.
+fn explainer_messages(question: &str, structure: &Structure) -> Vec<Message> {
+    let user = format!(
+        "My question about my image: {question}\nThe highlighted part is the {}. Facts: {} It looks like {}.\n\
+         Answer my question in two short sentences, using only these facts.",
+        structure.name(),
+        structure.description(),
+        structure.entry.appearance,
+    );
+    vec![Message::new(Role::System, EXPLAINER_SYSTEM), Message::new(Role::User, user)]
+}
+
+/// The heat map as 8-bit values over the image's cells (for a PNG or the page).
+pub fn heatmap_bytes(heatmap: &Heatmap) -> (usize, usize, Vec<u8>) {
+    let (w, h) = heatmap.image_cells;
+    let mut out = Vec::with_capacity(w * h);
+    for y in 0..h {
+        for x in 0..w {
+            let v = heatmap.values[y * 64 + x];
+            out.push((v.clamp(0.0, 1.0) * 255.0).round() as u8);
+        }
+    }
+    (w, h, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn questions_are_cleaned_and_bad_ones_refused() {
+        assert_eq!(clean_question("  which part\thelps me\n breathe?\u{0007} ").unwrap(), "which part helps me breathe?");
+        for bad in ["", "   \n\t", "\u{0000}\u{001b}"] {
+            assert!(matches!(clean_question(bad), Err(Error::Prompt(_))), "{bad:?}");
+        }
+        let long = "a".repeat(MAX_QUESTION_CHARS + 1);
+        let err = clean_question(&long).unwrap_err().to_string();
+        assert!(err.contains("501 characters"), "{err}");
+        assert!(clean_question(&"é".repeat(MAX_QUESTION_CHARS)).is_ok(), "limit counts characters, not bytes");
+    }
+}
