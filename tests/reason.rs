@@ -45,7 +45,7 @@ fn the_untrained_graph_runs_end_to_end() {
     let device = Device::flex();
     let segmenter = common::segmenter(Variant::Q8);
     let llm = TextModel::load(&paths.converted, Variant::Q8, &device).unwrap();
-    let config = ReasonConfig::smollm2_litemedsam();
+    let config = ReasonConfig::smollm2_litemedsam().unwrap();
     let heads = config.init(&device);
     let case = common::Case::all().remove(0);
     let image = medsee::image::decode_image(&std::fs::read(case.dir.join("input.png")).unwrap()).unwrap();
