@@ -3,15 +3,19 @@
 //! values. Inputs are validated before they reach code that could panic, because a panic aborts
 //! the whole wasm instance.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use burn::tensor::Device;
-use js_sys::{Object, Reflect, Uint8Array};
+use js_sys::{Float32Array, Function, Object, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 
+use crate::ask::{heatmap_bytes, Answer, Reasoner};
 use crate::image::{decode_image, PixelBox};
+use crate::llm::TextModel;
 use crate::segment::{BoxSegmentation, BoxSegmenter, ImageEmbedding};
-use crate::weights::{self, Variant};
+use crate::weights::store::{page_files, Index, REASON_HEADS_FILE};
+use crate::weights::{self, converted_file_name, manifest, Variant};
 
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -29,7 +33,7 @@ fn set(object: &Object, key: &str, value: impl Into<JsValue>) {
 
 fn box_to_js(b: Option<PixelBox>) -> JsValue {
     match b {
-        Some(b) => js_sys::Float32Array::from(b.as_array().as_slice()).into(),
+        Some(b) => Float32Array::from(b.as_array().as_slice()).into(),
         None => JsValue::NULL,
     }
 }
@@ -46,21 +50,60 @@ fn segmentation_to_js(result: &BoxSegmentation) -> JsValue {
     out.into()
 }
 
-/// One loaded model and, once an image is set, its cached embedding.
+fn answer_to_js(answer: &Answer) -> Result<JsValue, JsValue> {
+    let out = Object::new();
+    // The summary (question, box, presence, structure, fusion weights…) as the CLI's JSON has it.
+    let summary = serde_wasm_bindgen::to_value(answer).map_err(|e| JsError::new(&e.to_string()))?;
+    set(&out, "summary", summary);
+    set(&out, "width", answer.mask.width);
+    set(&out, "height", answer.mask.height);
+    set(&out, "mask", Uint8Array::from(answer.mask.data.as_slice()));
+    let (w, h, cells) = heatmap_bytes(&answer.heatmap);
+    set(&out, "heatmap", Uint8Array::from(cells.as_slice()));
+    set(&out, "heatmapWidth", w as u32);
+    set(&out, "heatmapHeight", h as u32);
+    Ok(out.into())
+}
+
+/// The files `Engine.load` takes, in order (the worker fetches them as the index describes).
+#[wasm_bindgen(js_name = weightFiles)]
+pub fn weight_files() -> Vec<String> {
+    page_files()
+}
+
+/// The loaded models and, once an image is set, its cached embedding and the last answer.
 #[wasm_bindgen]
 pub struct Engine {
-    segmenter: Rc<BoxSegmenter>,
+    reasoner: Rc<Reasoner>,
     embedding: Option<Rc<ImageEmbedding>>,
+    last_answer: Rc<RefCell<Option<Rc<Answer>>>>,
 }
 
 #[wasm_bindgen]
 impl Engine {
-    /// Checks `bytes` against the expected size and sha256, then loads them as LiteMedSAM.
-    pub fn load(file: &str, bytes: Vec<u8>, size: f64, sha256: &str, variant: &str) -> Result<Engine, JsValue> {
-        let variant: Variant = variant.parse().map_err(js_error)?;
-        weights::verify(file, &bytes, size as u64, sha256).map_err(js_error)?;
-        let segmenter = BoxSegmenter::from_record_bytes(file, bytes, variant, Device::flex()).map_err(js_error)?;
-        Ok(Engine { segmenter: Rc::new(segmenter), embedding: None })
+    /// Checks every file against `index.json` (size and sha256), then loads LiteMedSAM, SmolLM2
+    /// and the reasoning heads (all in the shipped q8 variant). `files` are the bytes of
+    /// [`weight_files`], in that order.
+    pub fn load(index_json: &str, files: Vec<Uint8Array>) -> Result<Engine, JsValue> {
+        let index = Index::parse(index_json, "models/index.json").map_err(js_error)?;
+        let names = page_files();
+        if files.len() != names.len() {
+            return Err(JsError::new(&format!("expected {} weight files, got {}", names.len(), files.len())).into());
+        }
+        let mut bytes = Vec::with_capacity(files.len());
+        for (name, file) in names.iter().zip(files) {
+            let entry = index.entry(name).map_err(js_error)?;
+            let data = file.to_vec();
+            weights::verify(name, &data, entry.size, &entry.sha256).map_err(js_error)?;
+            bytes.push(data);
+        }
+        let [sam, llm, tokenizer, config, heads]: [Vec<u8>; 5] = bytes.try_into().map_err(|_| JsError::new("weight file list changed"))?;
+        let device = Device::flex();
+        let segmenter = BoxSegmenter::from_record_bytes(&names[0], sam, Variant::Q8, device.clone()).map_err(js_error)?;
+        let llm_name = converted_file_name(manifest::SMOLLM2, Variant::Q8);
+        let llm = TextModel::from_bytes(&config, &tokenizer, &llm_name, llm, Variant::Q8, &device).map_err(js_error)?;
+        let reasoner = Reasoner::new(segmenter, llm, REASON_HEADS_FILE, heads).map_err(js_error)?;
+        Ok(Engine { reasoner: Rc::new(reasoner), embedding: None, last_answer: Rc::default() })
     }
 
     /// Which compute path runs the model.
@@ -73,24 +116,57 @@ impl Engine {
     #[wasm_bindgen(js_name = setImage)]
     pub fn set_image(&mut self, bytes: &[u8]) -> Result<JsValue, JsValue> {
         let image = decode_image(bytes).map_err(js_error)?;
-        let embedding = self.segmenter.encode(&image);
+        let embedding = self.reasoner.encode(&image);
         self.embedding = Some(Rc::new(embedding));
+        self.last_answer.replace(None);
         let out = Object::new();
         set(&out, "width", image.width);
         set(&out, "height", image.height);
         Ok(out.into())
     }
 
+    fn embedding(&self) -> Result<Rc<ImageEmbedding>, JsValue> {
+        self.embedding.clone().ok_or_else(|| js_error(crate::Error::Prompt("open an image first".into())))
+    }
+
     /// Segments the object inside the box (image pixels). Resolves to
     /// `{width, height, mask: Uint8Array (0/1), area, iouPrediction, prompt, maskBox}`.
     #[wasm_bindgen(js_name = segmentBox)]
     pub fn segment_box(&self, x0: f32, y0: f32, x1: f32, y1: f32) -> js_sys::Promise {
-        let segmenter = Rc::clone(&self.segmenter);
-        let embedding = self.embedding.clone();
+        let reasoner = Rc::clone(&self.reasoner);
+        let embedding = self.embedding();
         wasm_bindgen_futures::future_to_promise(async move {
-            let embedding = embedding.ok_or_else(|| js_error(crate::Error::Prompt("open an image first".into())))?;
-            let result = segmenter.segment_box(&embedding, PixelBox::new(x0, y0, x1, y1)).await.map_err(js_error)?;
+            let result = reasoner.segmenter().segment_box(&*embedding?, PixelBox::new(x0, y0, x1, y1)).await.map_err(js_error)?;
             Ok(segmentation_to_js(&result))
+        })
+    }
+
+    /// Answers a question about the current image. Resolves to `{summary, width, height,
+    /// mask: Uint8Array (0/1), heatmap: Uint8Array, heatmapWidth, heatmapHeight}`.
+    pub fn ask(&self, question: String) -> js_sys::Promise {
+        let reasoner = Rc::clone(&self.reasoner);
+        let embedding = self.embedding();
+        let last_answer = Rc::clone(&self.last_answer);
+        wasm_bindgen_futures::future_to_promise(async move {
+            let answer = reasoner.ask(&*embedding?, &question).await.map_err(js_error)?;
+            let out = answer_to_js(&answer);
+            last_answer.replace(Some(Rc::new(answer)));
+            out
+        })
+    }
+
+    /// Explains the last answer: calls `on_text(piece)` for each piece of text as it is
+    /// generated (return `false` to stop) and resolves to the whole explanation.
+    pub fn explain(&self, on_text: Function) -> js_sys::Promise {
+        let reasoner = Rc::clone(&self.reasoner);
+        let answer = self.last_answer.borrow().clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let answer = answer.ok_or_else(|| js_error(crate::Error::Prompt("ask a question first".into())))?;
+            let text = reasoner
+                .explain(&answer, |piece| on_text.call1(&JsValue::NULL, &JsValue::from_str(piece)).map(|v| v.as_bool() != Some(false)).unwrap_or(false))
+                .await
+                .map_err(js_error)?;
+            Ok(JsValue::from_str(&text))
         })
     }
 }

@@ -8,7 +8,7 @@ use medsee::llm::tokenizer::TextTokenizer;
 use medsee::llm::TextModel;
 use medsee::reason::sequence::{Layout, ANSWER_PREFIX};
 use medsee::reason::ReasonConfig;
-use medsee::weights::convert::SMOLLM2_TOKENIZER;
+use medsee::weights::store::SMOLLM2_TOKENIZER;
 use medsee::Variant;
 
 fn tokenizer() -> TextTokenizer {

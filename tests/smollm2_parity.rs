@@ -14,7 +14,8 @@ use medsee::llm::generate::{generate_from_ids, GenerateOptions, Sampling, StopRe
 use medsee::llm::llama::{KvCache, Llama};
 use medsee::llm::tokenizer::TextTokenizer;
 use medsee::segment::read_f32;
-use medsee::weights::convert::{read_source, SMOLLM2_TOKENIZER};
+use medsee::weights::convert::read_source;
+use medsee::weights::store::SMOLLM2_TOKENIZER;
 use medsee::weights::gguf::Gguf;
 use medsee::llm::TextModel;
 use medsee::weights::{manifest, Variant};

@@ -2,7 +2,11 @@
 const $ = (id) => document.getElementById(id);
 const worker = new Worker('worker.js', { type: 'module' });
 
-const state = { image: null, imageBitmap: null, box: null, result: null, ready: false, busy: false };
+const state = {
+  image: null, imageBitmap: null, box: null, result: null, answer: null, explanation: '', ready: false, busy: false,
+};
+// Shared with the worker: set to 1 to stop a streaming explanation.
+const stopFlag = new Int32Array(new SharedArrayBuffer(4));
 const imageCanvas = $('image-canvas');
 const overlayCanvas = $('overlay-canvas');
 
@@ -12,9 +16,29 @@ function setStatus(text, isError = false) {
 }
 
 function updateButtons() {
-  $('segment-button').disabled = !(state.ready && state.image && state.box && !state.busy);
+  const canRun = state.ready && state.image && !state.busy;
+  $('segment-button').disabled = !(canRun && state.box);
+  $('ask-button').disabled = !canRun;
   $('export-mask').disabled = !state.result;
   $('export-overlay').disabled = !state.result;
+  $('export-json').disabled = !state.answer;
+}
+
+function showAnswer(data) {
+  const s = data.summary;
+  state.answer = data;
+  state.result = { width: data.width, height: data.height, mask: data.mask };
+  state.box = s.box ? [s.box.x0, s.box.y0, s.box.x1, s.box.y1] : null;
+  window.medseeLastMask = data.mask; // read by the browser tests
+  drawOverlay();
+  const weights = (w) => w.map((v) => v.toFixed(2)).join(' / ');
+  $('answer-facts').textContent = s.found
+    ? `Found${s.structure ? ` the ${s.structure.name}` : ''}: ${s.mask_area} pixels, presence ${(s.presence * 100).toFixed(0)} %, `
+      + `mask quality ${(s.score * 100).toFixed(0)} % (in ${(data.askMs / 1000).toFixed(1)} s). `
+      + `Fusion weights [SEG]/[BBOX]/extra: mask ${weights(s.seg_weights)}, box ${weights(s.box_weights)}.`
+    : `Not found in this image (presence ${(s.presence * 100).toFixed(0)} %).`;
+  $('answer-facts').classList.toggle('not-found', !s.found);
+  document.body.dataset.answerFound = String(s.found);
 }
 
 worker.onmessage = ({ data }) => {
@@ -23,13 +47,12 @@ worker.onmessage = ({ data }) => {
       $('download-progress').max = data.total;
       $('download-progress').value = data.loaded;
       const mb = (n) => (n / 1e6).toFixed(1);
-      $('download-text').textContent = data.cached
-        ? `${mb(data.total)} MB from the browser cache`
-        : `${mb(data.loaded)} / ${mb(data.total)} MB`;
+      $('download-text').textContent = `${mb(data.loaded)} / ${mb(data.total)} MB (${data.file})`;
       break;
     }
     case 'ready':
       state.ready = true;
+      $('download-text').textContent += ` (${(data.totalBytes / 1e6).toFixed(1)} MB in all)`;
       $('backend').textContent = data.backend;
       setStatus(data.fromCache ? 'Model ready (loaded from the browser cache).' : 'Model ready.');
       document.body.dataset.modelReady = 'true';
@@ -40,7 +63,7 @@ worker.onmessage = ({ data }) => {
       break;
     case 'image':
       state.busy = false;
-      setStatus(`Image encoded in ${(data.encodeMs / 1000).toFixed(1)} s. Draw a box around a structure.`);
+      setStatus(`Image encoded in ${(data.encodeMs / 1000).toFixed(1)} s. Ask a question, or draw a box around a structure.`);
       document.body.dataset.imageReady = 'true';
       updateButtons();
       break;
@@ -57,8 +80,30 @@ worker.onmessage = ({ data }) => {
       document.body.dataset.resultReady = 'true';
       updateButtons();
       break;
+    case 'answer':
+      showAnswer(data);
+      state.explanation = '';
+      $('explanation').textContent = '';
+      $('stop-button').disabled = false;
+      setStatus('Explaining…');
+      document.body.dataset.answerReady = 'true';
+      break;
+    case 'explain-piece':
+      state.explanation += data.text;
+      $('explanation').textContent = state.explanation;
+      break;
+    case 'explained':
+      state.busy = false;
+      state.explanation = data.text;
+      $('explanation').textContent = data.text + (data.stopped ? ' [stopped]' : '');
+      $('stop-button').disabled = true;
+      setStatus('Done.');
+      document.body.dataset.explained = 'true';
+      updateButtons();
+      break;
     case 'error':
       state.busy = false;
+      $('stop-button').disabled = true;
       setStatus(`Error: ${data.message}`, true);
       updateButtons();
       break;
@@ -78,9 +123,11 @@ async function openFile(file) {
   state.image = { width: bitmap.width, height: bitmap.height, name: file.name };
   state.imageBitmap = bitmap;
   state.result = null;
+  state.answer = null;
   state.box = null;
-  delete document.body.dataset.resultReady;
-  delete document.body.dataset.imageReady;
+  for (const key of ['resultReady', 'imageReady', 'answerReady', 'explained', 'answerFound']) delete document.body.dataset[key];
+  $('answer-facts').textContent = '';
+  $('explanation').textContent = '';
   for (const canvas of [imageCanvas, overlayCanvas]) {
     canvas.width = bitmap.width;
     canvas.height = bitmap.height;
@@ -127,6 +174,17 @@ function drawOverlay() {
       }
     }
     ctx.putImageData(pixels, 0, 0);
+  }
+  const a = state.answer;
+  if ($('show-heatmap').checked && a && a.heatmapWidth) {
+    // Cells of 4 model pixels; the model sees the image with its longest side at 256.
+    const cell = Math.max(overlayCanvas.width, overlayCanvas.height) / 64;
+    const heat = new OffscreenCanvas(a.heatmapWidth, a.heatmapHeight);
+    const px = new ImageData(a.heatmapWidth, a.heatmapHeight);
+    a.heatmap.forEach((v, i) => px.data.set([255, Math.max(0, 2 * v - 255), 0, Math.round(v * 0.6)], i * 4));
+    heat.getContext('2d').putImageData(px, 0, 0);
+    ctx.imageSmoothingEnabled = true;
+    ctx.drawImage(heat, 0, 0, a.heatmapWidth * cell, a.heatmapHeight * cell);
   }
   if (state.box) {
     const [x0, y0, x1, y1] = state.box;
@@ -182,6 +240,32 @@ for (const k of ['x0', 'y0', 'x1', 'y1']) {
 }
 
 $('fill-opacity').addEventListener('input', drawOverlay);
+$('show-heatmap').addEventListener('change', drawOverlay);
+
+function askQuestion(question) {
+  if (!question.trim()) {
+    setStatus('Type a question first.', true);
+    return;
+  }
+  if (state.busy || !state.ready || !state.image) return;
+  state.busy = true;
+  delete document.body.dataset.answerReady;
+  delete document.body.dataset.explained;
+  updateButtons();
+  setStatus('Looking…');
+  worker.postMessage({ type: 'ask', question });
+}
+$('ask-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  askQuestion($('question').value);
+});
+for (const example of document.querySelectorAll('.example-question')) {
+  example.addEventListener('click', () => {
+    $('question').value = example.textContent;
+    askQuestion(example.textContent);
+  });
+}
+$('stop-button').addEventListener('click', () => Atomics.store(stopFlag, 0, 1));
 $('file-input').addEventListener('change', (e) => openFile(e.target.files[0]));
 const drop = $('drop-zone');
 drop.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') $('file-input').click(); });
@@ -223,4 +307,13 @@ $('export-overlay').addEventListener('click', () => {
   download('overlay.png', canvas);
 });
 
-worker.postMessage({ type: 'load' });
+$('export-json').addEventListener('click', () => {
+  const json = JSON.stringify({ ...state.answer.summary, explanation: state.explanation }, null, 2);
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(new Blob([json], { type: 'application/json' }));
+  a.download = 'medsee.json';
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+});
+
+worker.postMessage({ type: 'load', stopFlag: stopFlag.buffer });

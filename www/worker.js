@@ -1,29 +1,37 @@
-// All model work happens here, off the page's main thread. Messages in: {type: 'load'},
-// {type: 'image', bytes}, {type: 'segment', box}. Messages out: progress, ready, image, result, error.
-import init, { Engine } from './pkg/medsee.js';
+// All model work happens here, off the page's main thread.
+// Messages in: {type: 'load', stopFlag}, {type: 'image', bytes}, {type: 'ask', question},
+// {type: 'segment', box}. Messages out: progress, notice, ready, image, answer, explain-piece,
+// explained, result, error.
+import init, { Engine, weightFiles } from './pkg/medsee.js';
 
 const WEIGHTS_CACHE = 'medsee-weights-v1';
-const MODEL_FILE = 'litemedsam-q8.bpk';
 let engine = null;
+// Shared with the page: the stop button sets it to 1 while an explanation streams.
+let stopFlag = null;
 
 function post(type, payload = {}, transfer = []) {
   self.postMessage({ type, ...payload }, transfer);
 }
 
-// Fetches a file with byte-level progress; serves it from Cache Storage after the first time.
-async function fetchCached(url, size) {
-  let cache = null;
+async function openCache() {
   try {
-    cache = await caches.open(WEIGHTS_CACHE);
-    const hit = await cache.match(url);
-    if (hit) {
-      const bytes = new Uint8Array(await hit.arrayBuffer());
-      post('progress', { file: url, loaded: bytes.length, total: size, cached: true });
-      return { bytes, cached: true, cache };
-    }
+    return await caches.open(WEIGHTS_CACHE);
   } catch (error) {
     post('notice', { message: `Browser cache unavailable (${error.message}); the weights stay in memory only.` });
-    cache = null;
+    return null;
+  }
+}
+
+// Fetches one file (or part) with byte-level progress; Cache Storage serves it after the first time.
+async function fetchCached(cache, url, size, onBytes) {
+  const hit = cache ? await cache.match(url) : null;
+  if (hit) {
+    const bytes = new Uint8Array(await hit.arrayBuffer());
+    if (bytes.length === size) {
+      onBytes(bytes.length);
+      return { bytes, cached: true };
+    }
+    await cache.delete(url); // a stale or partial copy is never used
   }
   const response = await fetch(url);
   if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
@@ -36,47 +44,113 @@ async function fetchCached(url, size) {
     if (loaded + value.length > size) throw new Error(`${url} is larger than expected (${size} bytes)`);
     bytes.set(value, loaded);
     loaded += value.length;
-    post('progress', { file: url, loaded, total: size, cached: false });
+    onBytes(value.length);
   }
   if (loaded !== size) throw new Error(`${url}: received ${loaded} of ${size} bytes; reload to try again`);
-  return { bytes, cached: false, cache };
+  return { bytes, cached: false };
 }
 
-async function load() {
+// One weight file, whole or from its parts, with progress over every file of the model.
+async function fetchWeightFile(cache, name, entry, progress) {
+  const pieces = entry.parts && entry.parts.length ? entry.parts : [{ name, size: entry.size }];
+  const bytes = new Uint8Array(entry.size);
+  let offset = 0;
+  let allCached = true;
+  const fresh = [];
+  for (const piece of pieces) {
+    const url = `models/${piece.name}`;
+    const got = await fetchCached(cache, url, piece.size, progress);
+    bytes.set(got.bytes, offset);
+    offset += piece.size;
+    allCached &&= got.cached;
+    if (!got.cached) fresh.push([url, got.bytes]);
+  }
+  return { bytes, cached: allCached, fresh };
+}
+
+async function load(flag) {
+  stopFlag = new Int32Array(flag);
   await init();
-  const index = await (await fetch('models/index.json', { cache: 'no-cache' })).json();
-  const entry = index.files[MODEL_FILE];
-  if (!entry) throw new Error(`${MODEL_FILE} is not listed in models/index.json`);
-  const url = `models/${MODEL_FILE}`;
-  const { bytes, cached, cache } = await fetchCached(url, entry.size);
+  const indexText = await (await fetch('models/index.json', { cache: 'no-cache' })).text();
+  const index = JSON.parse(indexText);
+  const names = weightFiles();
+  const missing = names.filter((n) => !index.files[n]);
+  if (missing.length) throw new Error(`not listed in models/index.json: ${missing.join(', ')}; convert the weights again`);
+  const total = names.reduce((sum, n) => sum + index.files[n].size, 0);
+  const cache = await openCache();
+  let loaded = 0;
+  let cachedFiles = 0;
+  const files = [];
+  const fresh = [];
+  for (const name of names) {
+    const got = await fetchWeightFile(cache, name, index.files[name], (n) => {
+      loaded += n;
+      post('progress', { file: name, loaded, total });
+    });
+    files.push(got.bytes);
+    fresh.push(...got.fresh);
+    cachedFiles += got.cached ? 1 : 0;
+  }
+  const fromCache = cachedFiles === names.length;
   try {
-    engine = Engine.load(MODEL_FILE, bytes, entry.size, entry.sha256, 'q8');
+    engine = Engine.load(indexText, files);
   } catch (error) {
     // A damaged cached copy is dropped so the next load downloads it again.
-    if (cached && cache) await cache.delete(url);
+    if (cache) await caches.delete(WEIGHTS_CACHE);
     throw error;
   }
-  if (!cached && cache) {
+  // Only files that passed the sha256 check are kept for offline use.
+  if (cache) {
     try {
-      await cache.put(url, new Response(bytes));
+      for (const [url, bytes] of fresh) await cache.put(url, new Response(bytes));
     } catch (error) {
       post('notice', { message: `Could not store the weights for offline use (${error.message}).` });
     }
   }
-  post('ready', { backend: engine.backend(), fromCache: cached });
+  post('ready', { backend: engine.backend(), fromCache, totalBytes: total });
+}
+
+function requireEngine() {
+  if (!engine) throw new Error('the model is still loading');
+}
+
+async function ask(question) {
+  requireEngine();
+  let started = performance.now();
+  const answer = await engine.ask(question);
+  const askMs = performance.now() - started;
+  post('answer', {
+    summary: answer.summary,
+    width: answer.width,
+    height: answer.height,
+    mask: answer.mask,
+    heatmap: answer.heatmap,
+    heatmapWidth: answer.heatmapWidth,
+    heatmapHeight: answer.heatmapHeight,
+    askMs,
+  }, [answer.mask.buffer, answer.heatmap.buffer]);
+  Atomics.store(stopFlag, 0, 0);
+  started = performance.now();
+  const text = await engine.explain((piece) => {
+    post('explain-piece', { text: piece });
+    return Atomics.load(stopFlag, 0) === 0;
+  });
+  post('explained', { text, stopped: Atomics.load(stopFlag, 0) !== 0, explainMs: performance.now() - started });
 }
 
 self.onmessage = async ({ data }) => {
   try {
     if (data.type === 'load') {
-      await load();
+      await load(data.stopFlag);
     } else if (data.type === 'image') {
-      if (!engine) throw new Error('the model is still loading');
+      requireEngine();
       const started = performance.now();
       const info = engine.setImage(new Uint8Array(data.bytes));
       post('image', { width: info.width, height: info.height, encodeMs: performance.now() - started });
+    } else if (data.type === 'ask') {
+      await ask(data.question);
     } else if (data.type === 'segment') {
-      if (!engine) throw new Error('the model is still loading');
+      requireEngine();
       const [x0, y0, x1, y1] = data.box;
       const started = performance.now();
       const result = await engine.segmentBox(x0, y0, x1, y1);

@@ -33,7 +33,7 @@ impl TextModel {
     /// Loads SmolLM2 from the converted-weights folder, checking every file against `index.json`.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(converted_dir: &std::path::Path, variant: Variant, device: &Device) -> Result<Self> {
-        use crate::weights::convert::{SMOLLM2_CONFIG, SMOLLM2_TOKENIZER};
+        use crate::weights::store::{SMOLLM2_CONFIG, SMOLLM2_TOKENIZER};
         use crate::weights::store::read_verified;
         let name = weights::converted_file_name(weights::manifest::SMOLLM2, variant);
         Self::from_bytes(

@@ -8,16 +8,11 @@ use burn::tensor::Device;
 
 use super::gguf::Gguf;
 use super::manifest::{self, SourceFile};
-use super::store::{read_verified, write_atomic, FileEntry, Index};
+use super::store::{page_files, read_verified, write_atomic, FileEntry, Index, Part, PART_BYTES, SMOLLM2_CONFIG, SMOLLM2_TOKENIZER};
 use super::{converted_file_name, litemedsam, record_bytes, sha256_hex, smollm2, verify, Variant};
 use crate::error::{Error, Result};
 use crate::llm::tokenizer::TextTokenizer;
 
-/// File names of the converted SmolLM2 tokenizer and architecture.
-pub const SMOLLM2_TOKENIZER: &str = "smollm2-tokenizer.json";
-pub const SMOLLM2_CONFIG: &str = "smollm2-config.json";
-/// The trained reasoning heads (committed under `models/`, copied next to the converted files).
-pub const REASON_HEADS_FILE: &str = "reason-heads.bpk";
 
 /// Where the fetched sources and the converted files live.
 #[derive(Debug, Clone)]
@@ -78,7 +73,7 @@ pub fn convert_all(paths: &ModelPaths, device: &Device, force: bool, log: &mut d
         log(&format!("{id}: source {} ({} bytes, sha256 verified)", source.member, source.size));
         for (name, data) in convert(paths, &bytes, device, log)? {
             write_atomic(&paths.converted.join(&name), &data)?;
-            index.files.insert(name.clone(), FileEntry { size: data.len() as u64, sha256: sha256_hex(&data) });
+            index.files.insert(name.clone(), FileEntry { size: data.len() as u64, sha256: sha256_hex(&data), parts: Vec::new() });
             log(&format!("{id}: wrote {name} ({:.1} MB)", data.len() as f64 / 1e6));
         }
         index.sources.insert(id.to_string(), source.sha256.to_string());
@@ -86,7 +81,30 @@ pub fn convert_all(paths: &ModelPaths, device: &Device, force: bool, log: &mut d
         index.write(&paths.converted)?;
     }
     install_trained(paths, &mut index, log)?;
+    split_for_the_page(paths, &mut index, log)?;
     index.write(&paths.converted)
+}
+
+/// Splits the page's files larger than [`PART_BYTES`] into parts listed in the index.
+fn split_for_the_page(paths: &ModelPaths, index: &mut Index, log: &mut dyn FnMut(&str)) -> Result<()> {
+    for name in page_files() {
+        let Some(entry) = index.files.get(&name).cloned() else { continue };
+        let parts_ok = !entry.parts.is_empty()
+            && entry.parts.iter().all(|p| std::fs::metadata(paths.converted.join(&p.name)).is_ok_and(|m| m.len() == p.size));
+        if entry.size as usize <= PART_BYTES || parts_ok {
+            continue;
+        }
+        let bytes = read_verified(&paths.converted, &name)?;
+        let mut parts = Vec::new();
+        for (i, chunk) in bytes.chunks(PART_BYTES).enumerate() {
+            let part = format!("{name}.part{i:02}");
+            write_atomic(&paths.converted.join(&part), chunk)?;
+            parts.push(Part { name: part, size: chunk.len() as u64 });
+        }
+        log(&format!("{name}: split into {} parts for the page", parts.len()));
+        index.files.insert(name, FileEntry { parts, ..entry });
+    }
+    Ok(())
 }
 
 /// Copies the project's trained files (checked against the manifest) next to the converted ones,
@@ -101,7 +119,7 @@ fn install_trained(paths: &ModelPaths, index: &mut Index, log: &mut dyn FnMut(&s
         let bytes = std::fs::read(&path).map_err(|e| Error::weights(path.display().to_string(), format!("{e}; it is part of the checkout")))?;
         verify(&path.display().to_string(), &bytes, trained.size, trained.sha256)?;
         write_atomic(&paths.converted.join(trained.file), &bytes)?;
-        index.files.insert(trained.file.to_string(), FileEntry { size: trained.size, sha256: trained.sha256.to_string() });
+        index.files.insert(trained.file.to_string(), FileEntry { size: trained.size, sha256: trained.sha256.to_string(), parts: Vec::new() });
         log(&format!("{}: installed {} ({:.1} MB, sha256 verified)", trained.id, trained.file, bytes.len() as f64 / 1e6));
     }
     Ok(())

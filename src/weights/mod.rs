@@ -10,7 +10,6 @@ pub mod manifest;
 pub mod quantize;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod smollm2;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod store;
 
 use std::fmt;

@@ -6,14 +6,46 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+use super::{converted_file_name, manifest, Variant};
+
 pub const INDEX_FILE: &str = "index.json";
+/// The converted SmolLM2 tokenizer and architecture.
+pub const SMOLLM2_TOKENIZER: &str = "smollm2-tokenizer.json";
+pub const SMOLLM2_CONFIG: &str = "smollm2-config.json";
+/// The trained reasoning heads (committed under `models/`, copied here by `medsee convert`).
+pub const REASON_HEADS_FILE: &str = "reason-heads.bpk";
+
+/// The files the page downloads (the shipped quantised variant), in the order `Engine.load` takes them.
+pub fn page_files() -> Vec<String> {
+    vec![
+        converted_file_name(manifest::LITEMEDSAM, Variant::Q8),
+        converted_file_name(manifest::SMOLLM2, Variant::Q8),
+        SMOLLM2_TOKENIZER.to_string(),
+        SMOLLM2_CONFIG.to_string(),
+        REASON_HEADS_FILE.to_string(),
+    ]
+}
 
 /// Size and digest of one converted file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileEntry {
     pub size: u64,
     pub sha256: String,
+    /// For the page: the file split into consecutive parts of at most [`PART_BYTES`] (empty when
+    /// it is small enough to serve whole). The sha256 above is of the whole file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Part>,
 }
+
+/// One consecutive piece of a file, served on its own.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Part {
+    pub name: String,
+    pub size: u64,
+}
+
+/// Largest file the page downloads in one piece (browsers and caches handle smaller files better).
+pub const PART_BYTES: usize = 64 << 20;
 
 /// Contents of `index.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -26,12 +58,22 @@ pub struct Index {
 }
 
 impl Index {
+    /// Parses `index.json` text (the page fetches it; `origin` names it in errors).
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::weights(origin, format!("not a valid index ({e})")))
+    }
+
+    /// The entry for `name`, or an error saying to convert again.
+    pub fn entry(&self, name: &str) -> Result<&FileEntry> {
+        self.files.get(name).ok_or_else(|| Error::weights(name, "not listed in the weights index; convert the weights again"))
+    }
+
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join(INDEX_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| {
             Error::weights(path.display().to_string(), format!("{e}; run the weights setup (scripts/medsee-up or `medsee convert`) first"))
         })?;
-        serde_json::from_str(&text).map_err(|e| Error::weights(path.display().to_string(), format!("not a valid index ({e})")))
+        Self::parse(&text, &path.display().to_string())
     }
 
     pub fn write(&self, dir: &Path) -> Result<()> {

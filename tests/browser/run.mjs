@@ -1,6 +1,7 @@
-// Real-browser test of the page (Debian chromium + playwright-core): load the model, open a real
-// image, segment a box, compare the mask with the native CLI's mask for the same input, then
-// reload and check the weights now come from the browser cache. Screenshots go to $ARTIFACTS.
+// Real-browser test of the page (Debian chromium + playwright-core): load the models, open a real
+// image, ask a question and compare the answer's mask with the native CLI's `ask` for the same
+// input, check the explanation streams, segment a box and compare with `segment`, then reload and
+// check the weights now come from the browser cache. Screenshots go to $ARTIFACTS.
 //
 // usage: node tests/browser/run.mjs   (after scripts/build-web.sh and `medsee convert`)
 import { chromium } from 'playwright-core';
@@ -20,6 +21,7 @@ assert.ok(medseeBin, 'set MEDSEE_BIN to the native medsee binary (scripts/test d
 const fixture = join(root, 'tests/fixtures/litemedsam/dermoscopy_lesion');
 const image = join(fixture, 'input.png');
 const box = JSON.parse(readFileSync(join(fixture, 'case.json'), 'utf8')).box256.map(Math.round);
+const question = 'Where is the skin lesion the doctor worried about?';
 
 function startServer() {
   const port = 18000 + Math.floor(Math.random() * 1000);
@@ -51,9 +53,28 @@ function iou(a, b) {
   return union === 0 ? 1 : inter / union;
 }
 
-async function segmentInPage(page) {
+async function openImage(page) {
   await page.setInputFiles('#file-input', image);
   await page.waitForSelector('body[data-image-ready="true"]', { timeout: 300_000 });
+}
+
+async function askInPage(page) {
+  await page.fill('#question', question);
+  const pieces = page.evaluate(() => new Promise((ok) => {
+    // Count the explanation's updates while it streams.
+    let updates = 0;
+    const target = document.getElementById('explanation');
+    new MutationObserver(() => { updates++; if (document.body.dataset.explained) ok(updates); })
+      .observe(target, { childList: true, characterData: true, subtree: true });
+  }));
+  await page.click('#ask-button');
+  await page.waitForSelector('body[data-answer-ready="true"]', { timeout: 300_000 });
+  const maskBeforeExplanation = await page.evaluate(() => Array.from(window.medseeLastMask ?? []));
+  await page.waitForSelector('body[data-explained="true"]', { timeout: 300_000 });
+  return { mask: maskBeforeExplanation, updates: await pieces };
+}
+
+async function segmentInPage(page) {
   for (const [k, v] of Object.entries({ x0: box[0], y0: box[1], x1: box[2], y1: box[3] })) {
     await page.fill(`#box-${k}`, String(v));
   }
@@ -81,17 +102,35 @@ try {
   await page.waitForSelector('body[data-model-ready="true"]', { timeout: 300_000 });
   assert.match(await page.textContent('#backend'), /CPU/);
   assert.match(await page.textContent('body'), /nothing is uploaded|never uploaded/i);
+  await openImage(page);
+
+  // A question: the page's answer against the native CLI's for the same file and question.
+  const asked = await askInPage(page);
+  await page.screenshot({ path: join(artifacts, 'asked.png'), fullPage: true });
+  const explanation = (await page.textContent('#explanation')).trim();
+  console.log(`explanation (${asked.updates} updates): ${explanation}`);
+  assert.ok(explanation.length > 0, 'no explanation');
+  const cliAskMask = join(artifacts, 'cli-ask-mask.png');
+  const cliJson = join(artifacts, 'cli-ask.json');
+  execFileSync(medseeBin, ['ask', image, question, '--variant', 'q8', '--out', cliAskMask, '--json', cliJson], { stdio: 'inherit' });
+  const cli = JSON.parse(readFileSync(cliJson, 'utf8'));
+  assert.equal(await page.evaluate(() => document.body.dataset.answerFound), String(cli.answer.found), 'found/not found differs from the CLI');
+  assert.equal(explanation, cli.explanation.trim(), 'the explanation differs from the CLI (both are greedy)');
+  if (cli.answer.found && cli.answer.structure) assert.ok(asked.updates > 3, `the explanation arrived in ${asked.updates} piece(s), not streamed`);
+  const askScore = iou(asked.mask, await pngMask(page, cliAskMask));
+  console.log(`browser vs native CLI answer mask IoU: ${askScore.toFixed(4)}`);
+  assert.ok(askScore >= 0.95, `browser answer mask IoU ${askScore} < 0.95`);
+
+  // A box prompt: the page's mask against the native CLI's `segment`.
   await segmentInPage(page);
   await page.screenshot({ path: join(artifacts, 'segmented.png'), fullPage: true });
   const pageMask = await page.evaluate(() => Array.from(window.medseeLastMask ?? []));
-
-  // The native CLI on the same file and box.
   const cliMask = join(artifacts, 'cli-mask.png');
   execFileSync(medseeBin, ['segment', image, '--box', box.join(','), '--variant', 'q8', '--out', cliMask], { stdio: 'inherit' });
   const reference = await pngMask(page, cliMask);
   assert.equal(pageMask.length, reference.length, 'mask sizes differ');
   const score = iou(pageMask, reference);
-  console.log(`browser vs native CLI mask IoU: ${score.toFixed(4)}`);
+  console.log(`browser vs native CLI box mask IoU: ${score.toFixed(4)}`);
   assert.ok(score >= 0.95, `browser mask IoU ${score} < 0.95`);
 
   // Reload: the weights must now come from Cache Storage.
