@@ -11,6 +11,7 @@ use js_sys::{Float32Array, Function, Object, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 
 use crate::ask::{heatmap_bytes, Answer, Reasoner};
+use crate::image::dicom::{decode_dicom, is_dicom, Window};
 use crate::image::{decode_image, PixelBox};
 use crate::llm::TextModel;
 use crate::segment::{BoxSegmentation, BoxSegmenter, ImageEmbedding};
@@ -111,17 +112,33 @@ impl Engine {
         "CPU (wasm SIMD)".into()
     }
 
-    /// Decodes an image file (PNG or JPEG) and runs the image encoder once for it.
-    /// Returns `{width, height}`. On error the previous image stays loaded.
+    /// Decodes an image file (PNG, JPEG or single-frame DICOM; for DICOM with the window
+    /// `center`/`width` when given, else the file's own) and runs the image encoder once for it.
+    /// Returns `{width, height, pixels: Uint8Array (RGB, for display), dicom: null |
+    /// {fileWindow, appliedWindow, modality}}`. On error the previous image stays loaded.
     #[wasm_bindgen(js_name = setImage)]
-    pub fn set_image(&mut self, bytes: &[u8]) -> Result<JsValue, JsValue> {
-        let image = decode_image(bytes).map_err(js_error)?;
+    pub fn set_image(&mut self, bytes: &[u8], center: Option<f64>, width: Option<f64>) -> Result<JsValue, JsValue> {
+        let out = Object::new();
+        let image = if is_dicom(bytes) {
+            let window = center.zip(width).map(|(center, width)| Window { center, width });
+            let decoded = decode_dicom(bytes, window).map_err(js_error)?;
+            let info = Object::new();
+            let window_js = |w: Option<Window>| serde_wasm_bindgen::to_value(&w).unwrap_or(JsValue::NULL);
+            set(&info, "fileWindow", window_js(decoded.file_window));
+            set(&info, "appliedWindow", window_js(decoded.applied_window));
+            set(&info, "modality", decoded.modality.map(JsValue::from).unwrap_or(JsValue::NULL));
+            set(&out, "dicom", info);
+            decoded.image
+        } else {
+            set(&out, "dicom", JsValue::NULL);
+            decode_image(bytes).map_err(js_error)?
+        };
         let embedding = self.reasoner.encode(&image);
         self.embedding = Some(Rc::new(embedding));
         self.last_answer.replace(None);
-        let out = Object::new();
         set(&out, "width", image.width);
         set(&out, "height", image.height);
+        set(&out, "pixels", Uint8Array::from(image.pixels.as_slice()));
         Ok(out.into())
     }
 

@@ -3,7 +3,7 @@ const $ = (id) => document.getElementById(id);
 const worker = new Worker('worker.js', { type: 'module' });
 
 const state = {
-  image: null, imageBitmap: null, box: null, result: null, answer: null, explanation: '', ready: false, busy: false,
+  image: null, file: null, box: null, result: null, answer: null, explanation: '', ready: false, busy: false,
 };
 // Shared with the worker: set to 1 to stop a streaming explanation.
 const stopFlag = new Int32Array(new SharedArrayBuffer(4));
@@ -63,6 +63,7 @@ worker.onmessage = ({ data }) => {
       break;
     case 'image':
       state.busy = false;
+      showImage(data);
       setStatus(`Image encoded in ${(data.encodeMs / 1000).toFixed(1)} s. Ask a question, or draw a box around a structure.`);
       document.body.dataset.imageReady = 'true';
       updateButtons();
@@ -110,34 +111,49 @@ worker.onmessage = ({ data }) => {
   }
 };
 
-async function openFile(file) {
-  if (!file) return;
+// The file's bytes go to the worker, which decodes them (PNG, JPEG or DICOM) and sends back the
+// pixels to show: the page never decodes medical formats itself.
+async function openFile(file, dicomWindow = null) {
+  if (!file || state.busy) return;
+  state.file = file;
+  delete document.body.dataset.imageReady;
   const bytes = await file.arrayBuffer();
-  let bitmap;
-  try {
-    bitmap = await createImageBitmap(new Blob([bytes]));
-  } catch {
-    setStatus(`Cannot show ${file.name}: not a PNG or JPEG image.`, true);
-    return;
-  }
-  state.image = { width: bitmap.width, height: bitmap.height, name: file.name };
-  state.imageBitmap = bitmap;
+  state.busy = true;
+  updateButtons();
+  setStatus(`Reading ${file.name} and encoding it on your device…`);
+  worker.postMessage({ type: 'image', bytes, window: dicomWindow }, [bytes]);
+}
+
+// A new image replaces the old one (and its answers) only once it decoded and encoded.
+function showImage(data) {
+  state.image = { width: data.width, height: data.height };
   state.result = null;
   state.answer = null;
   state.box = null;
-  for (const key of ['resultReady', 'imageReady', 'answerReady', 'explained', 'answerFound']) delete document.body.dataset[key];
+  for (const key of ['resultReady', 'answerReady', 'explained', 'answerFound']) delete document.body.dataset[key];
   $('answer-facts').textContent = '';
   $('explanation').textContent = '';
   for (const canvas of [imageCanvas, overlayCanvas]) {
-    canvas.width = bitmap.width;
-    canvas.height = bitmap.height;
+    canvas.width = data.width;
+    canvas.height = data.height;
   }
-  imageCanvas.getContext('2d').drawImage(bitmap, 0, 0);
+  const rgba = new ImageData(data.width, data.height);
+  for (let i = 0, j = 0; i < data.pixels.length; i += 3, j += 4) {
+    rgba.data[j] = data.pixels[i];
+    rgba.data[j + 1] = data.pixels[i + 1];
+    rgba.data[j + 2] = data.pixels[i + 2];
+    rgba.data[j + 3] = 255;
+  }
+  imageCanvas.getContext('2d').putImageData(rgba, 0, 0);
+  $('dicom-window').hidden = !data.dicom;
+  if (data.dicom) {
+    const w = data.dicom.appliedWindow;
+    $('window-center').value = w ? w.center : '';
+    $('window-width').value = w ? w.width : '';
+    $('dicom-text').textContent = `DICOM${data.dicom.modality ? ` (${data.dicom.modality})` : ''}: `
+      + (w ? `window ${w.center}/${w.width}` : 'no window in the file; values scaled to their full range');
+  }
   drawOverlay();
-  state.busy = true;
-  updateButtons();
-  setStatus('Encoding the image on your device…');
-  worker.postMessage({ type: 'image', bytes }, [bytes]);
 }
 
 // A box from a drag (any corner order) becomes x0 < x1, y0 < y1 and is shown in the fields.
@@ -240,6 +256,23 @@ for (const k of ['x0', 'y0', 'x1', 'y1']) {
 }
 
 $('fill-opacity').addEventListener('input', drawOverlay);
+$('dicom-window').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const center = Number($('window-center').value);
+  const width = Number($('window-width').value);
+  if (!Number.isFinite(center) || !(width > 0)) {
+    setStatus('The window needs a centre and a positive width.', true);
+    return;
+  }
+  openFile(state.file, { center, width });
+});
+$('window-preset').addEventListener('change', () => {
+  const [center, width] = $('window-preset').value.split('/').map(Number);
+  if (!Number.isFinite(center)) return;
+  $('window-center').value = center;
+  $('window-width').value = width;
+  openFile(state.file, { center, width });
+});
 $('show-heatmap').addEventListener('change', drawOverlay);
 
 function askQuestion(question) {

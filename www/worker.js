@@ -1,5 +1,5 @@
 // All model work happens here, off the page's main thread.
-// Messages in: {type: 'load', stopFlag}, {type: 'image', bytes}, {type: 'ask', question},
+// Messages in: {type: 'load', stopFlag}, {type: 'image', bytes, window?}, {type: 'ask', question},
 // {type: 'segment', box}. Messages out: progress, notice, ready, image, answer, explain-piece,
 // explained, result, error.
 import init, { Engine, weightFiles } from './pkg/medsee.js';
@@ -145,8 +145,11 @@ self.onmessage = async ({ data }) => {
     } else if (data.type === 'image') {
       requireEngine();
       const started = performance.now();
-      const info = engine.setImage(new Uint8Array(data.bytes));
-      post('image', { width: info.width, height: info.height, encodeMs: performance.now() - started });
+      const info = engine.setImage(new Uint8Array(data.bytes), data.window?.center, data.window?.width);
+      post('image', {
+        width: info.width, height: info.height, pixels: info.pixels, dicom: info.dicom,
+        encodeMs: performance.now() - started,
+      }, [info.pixels.buffer]);
     } else if (data.type === 'ask') {
       await ask(data.question);
     } else if (data.type === 'segment') {

@@ -1,4 +1,5 @@
-//! Image files (PNG, JPEG) → 8-bit RGB, with limits so hostile files fail cleanly.
+//! Image files (PNG, JPEG, single-frame DICOM) → 8-bit RGB, with limits so hostile files fail
+//! cleanly.
 
 use std::io::Cursor;
 
@@ -32,18 +33,22 @@ impl RgbImage {
     }
 }
 
-/// Decodes PNG or JPEG bytes. Gray images are repeated over the three channels; images with
+/// Decodes PNG, JPEG or DICOM bytes (DICOM with the file's own window, see [`super::dicom`]).
+/// Gray images are repeated over the three channels; images with
 /// more than 8 bits per sample are min-max scaled to 0..255 (the model normalises the same way,
 /// so no contrast is lost to an arbitrary window); alpha is dropped.
 pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
     if bytes.is_empty() {
         return Err(Error::Image("the file is empty".into()));
     }
+    if super::dicom::is_dicom(bytes) {
+        return Ok(super::dicom::decode_dicom(bytes, None)?.image);
+    }
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Image(e.to_string()))?;
     if reader.format().is_none() {
-        return Err(Error::Image("not a PNG or JPEG file".into()));
+        return Err(Error::Image("not a PNG, JPEG or DICOM file".into()));
     }
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);

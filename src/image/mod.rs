@@ -1,6 +1,7 @@
 //! Pixels in and out: decoding user files, the model's preprocessing, and masks.
 
 pub mod decode;
+pub mod dicom;
 pub mod mask;
 pub mod preprocess;
 

@@ -1,0 +1,187 @@
+//! Single-frame DICOM through dicom-rs: the pixel data is decoded (uncompressed, RLE or baseline
+//! JPEG), the modality rescale (slope/intercept, e.g. to Hounsfield units) applied, and then a
+//! window — the file's own, or one the user picked — maps it to 8-bit gray for the model.
+
+use std::io::Cursor;
+
+use dicom_dictionary_std::tags;
+use dicom_object::file::ReadPreamble;
+use dicom_object::OpenFileOptions;
+use dicom_pixeldata::{ConvertOptions, PixelDecoder, VoiLutOption, WindowLevel};
+
+use super::decode::{RgbImage, MAX_SIDE};
+use crate::error::{Error, Result};
+
+/// A DICOM window: values in `center ± width/2` span black to white.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Window {
+    pub center: f64,
+    pub width: f64,
+}
+
+/// A decoded DICOM image and the facts the page shows next to it.
+#[derive(Debug, Clone)]
+pub struct DicomImage {
+    pub image: RgbImage,
+    /// The window stored in the file, if any (the default for display).
+    pub file_window: Option<Window>,
+    /// The window actually applied; `None` when the values were min-max scaled.
+    pub applied_window: Option<Window>,
+    pub modality: Option<String>,
+}
+
+/// True when `bytes` look like a DICOM file (`DICM` after the 128-byte preamble, or at the start).
+pub fn is_dicom(bytes: &[u8]) -> bool {
+    bytes.get(128..132) == Some(b"DICM") || bytes.get(0..4) == Some(b"DICM")
+}
+
+fn dicom_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Image(format!("DICOM {what}: {e}"))
+}
+
+/// Decodes a single-frame DICOM file with `window` (or the file's own window when `None`).
+pub fn decode_dicom(bytes: &[u8], window: Option<Window>) -> Result<DicomImage> {
+    if let Some(w) = window {
+        if !(w.width > 0.0 && w.width.is_finite() && w.center.is_finite()) {
+            return Err(Error::Prompt(format!("window width must be a positive number (got centre {}, width {})", w.center, w.width)));
+        }
+    }
+    let object = OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Auto)
+        .from_reader(Cursor::new(bytes))
+        .map_err(|e| dicom_error("file could not be read", e))?;
+    if object.element(tags::PIXEL_DATA).is_err() {
+        return Err(Error::Image("the DICOM file has no pixel data (is it a report or a structured document?)".into()));
+    }
+    let read_u32 = |tag, name: &str| -> Result<u32> {
+        object
+            .element(tag)
+            .map_err(|_| Error::Image(format!("the DICOM file has no {name}")))?
+            .to_int::<u32>()
+            .map_err(|e| dicom_error(name, e))
+    };
+    let (rows, columns) = (read_u32(tags::ROWS, "Rows")?, read_u32(tags::COLUMNS, "Columns")?);
+    if rows == 0 || columns == 0 || rows > MAX_SIDE || columns > MAX_SIDE {
+        return Err(Error::Image(format!("the DICOM image is {columns}×{rows} pixels; sides must be 1 to {MAX_SIDE}")));
+    }
+    let frames = object.element(tags::NUMBER_OF_FRAMES).ok().and_then(|e| e.to_int::<u32>().ok()).unwrap_or(1);
+    if frames > 1 {
+        return Err(Error::Image(format!("the DICOM file holds {frames} frames; medsee reads single images — export one slice or frame")));
+    }
+    let modality = object.element(tags::MODALITY).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim().to_string());
+    let pixels = object.decode_pixel_data().map_err(|e| dicom_error("pixel data could not be decoded", e))?;
+    let file_window = pixels.window().ok().flatten().and_then(|w| w.first()).map(|w| Window { center: w.center, width: w.width });
+    let applied_window = window.or(file_window).filter(|w| w.width > 0.0);
+    let voi = match applied_window {
+        Some(w) => VoiLutOption::Custom(WindowLevel { center: w.center, width: w.width }),
+        None => VoiLutOption::Normalize,
+    };
+    let options = ConvertOptions::new().with_voi_lut(voi).force_8bit();
+    let decoded = pixels.to_dynamic_image_with_options(0, &options).map_err(|e| dicom_error("pixel data could not be converted", e))?;
+    let rgb = decoded.to_rgb8();
+    let image = RgbImage::new(rgb.width(), rgb.height(), rgb.into_raw())?;
+    Ok(DicomImage { image, file_window, applied_window, modality })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+
+    /// A small CT-like file: 16-bit signed values, rescaled by `slope`·v + `intercept`, with a
+    /// stored window; `extra` adds or overrides elements.
+    pub(crate) fn synthetic_ct(values: &[i16], columns: u16, window: Option<(f64, f64)>, extra: Vec<DataElement<InMemDicomObject>>) -> Vec<u8> {
+        let rows = (values.len() / columns as usize) as u16;
+        let mut obj = InMemDicomObject::new_empty();
+        let put = |obj: &mut InMemDicomObject, tag, vr, value: PrimitiveValue| {
+            obj.put(DataElement::new(tag, vr, value));
+        };
+        put(&mut obj, tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.2".into());
+        put(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, "1.2.3.4.5.6.7".into());
+        put(&mut obj, tags::MODALITY, VR::CS, "CT".into());
+        put(&mut obj, tags::ROWS, VR::US, PrimitiveValue::from(rows));
+        put(&mut obj, tags::COLUMNS, VR::US, PrimitiveValue::from(columns));
+        put(&mut obj, tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16));
+        put(&mut obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2".into());
+        put(&mut obj, tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16));
+        put(&mut obj, tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16));
+        put(&mut obj, tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16));
+        put(&mut obj, tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(1u16));
+        put(&mut obj, tags::RESCALE_SLOPE, VR::DS, "1".into());
+        put(&mut obj, tags::RESCALE_INTERCEPT, VR::DS, "-1024".into());
+        if let Some((center, width)) = window {
+            put(&mut obj, tags::WINDOW_CENTER, VR::DS, center.to_string().into());
+            put(&mut obj, tags::WINDOW_WIDTH, VR::DS, width.to_string().into());
+        }
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        put(&mut obj, tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(bytes));
+        for element in extra {
+            obj.put(element);
+        }
+        let file = obj
+            .with_meta(FileMetaTableBuilder::new().transfer_syntax("1.2.840.10008.1.2.1"))
+            .expect("meta");
+        let mut out = Vec::new();
+        file.write_all(&mut out).expect("write");
+        out
+    }
+
+    /// Stored value for a Hounsfield value (intercept −1024).
+    fn stored(hu: i16) -> i16 {
+        hu + 1024
+    }
+
+    fn grays(image: &RgbImage) -> Vec<u8> {
+        image.pixels.chunks(3).map(|p| p[0]).collect()
+    }
+
+    #[test]
+    fn the_files_window_is_applied_after_the_rescale() {
+        // Soft-tissue window 40/400: −160 HU and below black, 240 HU and above white.
+        let values = [-1000, -160, 40, 240, 1000].map(stored);
+        let bytes = synthetic_ct(&values, 5, Some((40.0, 400.0)), vec![]);
+        assert!(is_dicom(&bytes));
+        let decoded = decode_dicom(&bytes, None).unwrap();
+        assert_eq!(decoded.file_window, Some(Window { center: 40.0, width: 400.0 }));
+        assert_eq!(decoded.modality.as_deref(), Some("CT"));
+        let g = grays(&decoded.image);
+        assert_eq!((g[0], g[1], g[4]), (0, 0, 255), "{g:?}");
+        assert!((g[2] as i32 - 128).abs() <= 1, "the window centre is mid-gray: {g:?}");
+    }
+
+    #[test]
+    fn a_chosen_window_overrides_the_files() {
+        // Lung window −600/1500: −1000 HU is dark but not clipped to the same value as −1350.
+        let values = [-1000, -600, 100].map(stored);
+        let bytes = synthetic_ct(&values, 3, Some((40.0, 400.0)), vec![]);
+        let lung = decode_dicom(&bytes, Some(Window { center: -600.0, width: 1500.0 })).unwrap();
+        let g = grays(&lung.image);
+        assert!(g[0] > 0 && g[0] < 100 && (g[1] as i32 - 128).abs() <= 1 && g[2] > 200, "{g:?}");
+        assert!(decode_dicom(&bytes, Some(Window { center: 0.0, width: 0.0 })).is_err());
+    }
+
+    #[test]
+    fn without_a_window_values_are_min_max_scaled() {
+        let bytes = synthetic_ct(&[0, 500, 1000].map(stored), 3, None, vec![]);
+        let decoded = decode_dicom(&bytes, None).unwrap();
+        assert_eq!(decoded.applied_window, None);
+        assert_eq!(grays(&decoded.image), vec![0, 128, 255]);
+    }
+
+    #[test]
+    fn odd_files_get_clear_errors() {
+        let good = synthetic_ct(&[0, 1, 2, 3], 2, None, vec![]);
+        let frames = synthetic_ct(&[0, 1, 2, 3], 2, None, vec![DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from("2"))]);
+        let message = |bytes: &[u8]| decode_dicom(bytes, None).unwrap_err().to_string();
+        assert!(message(&frames).contains("2 frames"), "{}", message(&frames));
+        let mut no_pixels = OpenFileOptions::new().from_reader(Cursor::new(&good[128..])).unwrap();
+        no_pixels.remove_element(tags::PIXEL_DATA);
+        let mut bytes = Vec::new();
+        no_pixels.write_all(&mut bytes).unwrap();
+        assert!(message(&bytes).contains("no pixel data"), "{}", message(&bytes));
+        for cut in [132, good.len() / 2, good.len() - 3] {
+            assert!(matches!(decode_dicom(&good[..cut], None), Err(Error::Image(_))), "cut at {cut}");
+        }
+    }
+}
