@@ -71,8 +71,14 @@ enum Command {
         /// Share of questions about absent structures.
         #[arg(long, default_value_t = 0.2)]
         negative_rate: f64,
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 250)]
         checkpoint_every: usize,
+        /// Questions whose LLM states the warm-up computes once (fresh runs only).
+        #[arg(long, default_value_t = 2000)]
+        warmup_questions: usize,
+        /// Steps of the heads after the LLM on those states (0: no warm-up).
+        #[arg(long, default_value_t = 6000)]
+        warmup_steps: usize,
         /// Output folder (heads, state, curves, embedding cache).
         #[arg(long, default_value = "models/train")]
         out: PathBuf,
@@ -396,7 +402,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("results → {}", json.display());
             Ok(())
         }
-        Command::Train { steps, lr, seed, images_per_set, negative_rate, checkpoint_every, out } => {
+        Command::Train { steps, lr, seed, images_per_set, negative_rate, checkpoint_every, warmup_questions, warmup_steps, out } => {
             let config = medsee::train::trainer::TrainConfig {
                 steps,
                 learning_rate: lr,
@@ -404,6 +410,8 @@ fn run(cli: Cli) -> Result<()> {
                 images_per_set,
                 negative_rate,
                 checkpoint_every: checkpoint_every.max(1),
+                warmup_questions,
+                warmup_steps,
                 output_dir: out,
             };
             medsee::train::trainer::train(&paths, &config, &mut |line| println!("train: {line}"))

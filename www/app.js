@@ -133,6 +133,8 @@ function showImage(data) {
   for (const key of ['resultReady', 'answerReady', 'explained', 'answerFound']) delete document.body.dataset[key];
   $('answer-facts').textContent = '';
   $('explanation').textContent = '';
+  $('result-text').textContent = '';
+  for (const k of ['x0', 'y0', 'x1', 'y1']) $(`box-${k}`).value = '';
   for (const canvas of [imageCanvas, overlayCanvas]) {
     canvas.width = data.width;
     canvas.height = data.height;

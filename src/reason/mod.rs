@@ -121,18 +121,23 @@ impl ReasoningHeads {
         )
     }
 
-    /// Runs the whole graph for one image embedding (`[1, 256, 64, 64]`) and question layout.
-    pub fn forward(&self, sam: &LiteMedSam, llm: &Llama, embedding: Tensor<4>, layout: &Layout) -> Result<ReasonOutput> {
-        let inputs = self.input_embeddings(llm, embedding.clone(), layout);
+    /// The last-layer hidden states of the K candidates, `[1, K, D]`: one LLM pass over the
+    /// question with the image's vision tokens.
+    pub fn candidate_states(&self, llm: &Llama, embedding: Tensor<4>, layout: &Layout) -> Result<Tensor<3>> {
+        let inputs = self.input_embeddings(llm, embedding, layout);
         let hidden = llm.forward_embeddings(inputs, &mut KvCache::new())?.hidden;
-        let candidates = hidden.narrow(1, layout.candidate_position(0), self.candidates());
+        Ok(hidden.narrow(1, layout.candidate_position(0), self.candidates()))
+    }
+
+    /// Everything after the LLM: fusion → similarity map → box → prompts → mask decoder.
+    pub fn decode(&self, sam: &LiteMedSam, embedding: Tensor<4>, candidates: Tensor<3>) -> ReasonOutput {
         let fused = self.fusion.forward(candidates.clone());
         let similarity = self.similarity.forward(fused.seg.clone(), embedding.clone());
         let map = map_features(similarity.logits.clone());
         let box_cxcywh = self.box_head.forward(fused.bbox.clone(), map.clone());
         let seg_token = self.seg_prompt.forward(fused.seg.clone());
         let decoder = sam.decode_boxes(embedding, cxcywh_to_xyxy(box_cxcywh.clone(), INPUT_SIZE as f64), Some(seg_token));
-        Ok(ReasonOutput {
+        ReasonOutput {
             presence_logit: self.presence.forward(fused.seg.clone(), map),
             class_logits: self.class.forward(fused.seg.clone()),
             similarity,
@@ -140,7 +145,13 @@ impl ReasoningHeads {
             fused,
             box_cxcywh,
             decoder,
-        })
+        }
+    }
+
+    /// Runs the whole graph for one image embedding (`[1, 256, 64, 64]`) and question layout.
+    pub fn forward(&self, sam: &LiteMedSam, llm: &Llama, embedding: Tensor<4>, layout: &Layout) -> Result<ReasonOutput> {
+        let candidates = self.candidate_states(llm, embedding.clone(), layout)?;
+        Ok(self.decode(sam, embedding, candidates))
     }
 }
 

@@ -133,6 +133,16 @@ try {
   console.log(`browser vs native CLI box mask IoU: ${score.toFixed(4)}`);
   assert.ok(score >= 0.95, `browser mask IoU ${score} < 0.95`);
 
+  // A DICOM file: decoded in the wasm with the file's window, which the page reports; a preset
+  // re-windows it.
+  await page.setInputFiles('#file-input', join(root, 'tests/fixtures/dicom/ct_window.dcm'));
+  await page.waitForSelector('body[data-image-ready="true"]', { timeout: 300_000 });
+  assert.match(await page.textContent('#dicom-text'), /CT.*window 40\/400/);
+  assert.deepEqual(await page.evaluate(() => [document.getElementById('image-canvas').width, document.getElementById('image-canvas').height]), [192, 192]);
+  await page.selectOption('#window-preset', '-600/1500');
+  await page.waitForFunction(() => /window -600\/1500/.test(document.getElementById('dicom-text').textContent), null, { timeout: 300_000 });
+  await page.screenshot({ path: join(artifacts, 'dicom.png'), fullPage: true });
+
   // Reload: the weights must now come from Cache Storage.
   await page.reload();
   await page.waitForSelector('body[data-model-ready="true"]', { timeout: 300_000 });
