@@ -14,6 +14,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WWW = ROOT / "www"
 MODELS = ROOT / "models" / "converted"
+# The widget demo's sample image is a committed test fixture (a dermoscopy photo from the data set's
+# validation split, 256 px), served from where it lives rather than copied.
+DEMO_IMAGE = ROOT / "tests" / "fixtures" / "litemedsam" / "dermoscopy_lesion" / "input.png"
 
 CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; "
        "img-src 'self' blob: data:; style-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'")
@@ -29,6 +32,8 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
     def translate_path(self, path):
         clean = path.split("?", 1)[0].split("#", 1)[0]
+        if clean == "/demo/sample.png":
+            return str(DEMO_IMAGE)
         if clean.startswith("/models/"):
             target = (MODELS / clean[len("/models/"):]).resolve()
             return str(target) if target.is_relative_to(MODELS.resolve()) else str(MODELS / "__denied__")

@@ -69,7 +69,8 @@ async function fetchWeightFile(cache, name, entry, progress) {
 }
 
 async function load(flag) {
-  stopFlag = new Int32Array(flag);
+  // Without a shared flag (a page that is not cross-origin isolated) explanations cannot be stopped.
+  stopFlag = new Int32Array(flag ?? new ArrayBuffer(4));
   await init();
   const indexText = await (await fetch('models/index.json', { cache: 'no-cache' })).text();
   const index = JSON.parse(indexText);

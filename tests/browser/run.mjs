@@ -143,6 +143,26 @@ try {
   await page.waitForFunction(() => /window -600\/1500/.test(document.getElementById('dicom-text').textContent), null, { timeout: 300_000 });
   await page.screenshot({ path: join(artifacts, 'dicom.png'), fullPage: true });
 
+  // The widget in a foreign-looking host page: it answers through its events only, and the host's
+  // hostile styles do not reach into it.
+  const widget = await context.newPage();
+  widget.on('pageerror', (e) => { console.log('[widget page error]', e.message); failures++; });
+  await widget.goto(`${url}widget-demo.html`);
+  await widget.waitForFunction(() => (window.medseeEvents ?? []).some((e) => e.name === 'medsee-explained' || e.name === 'medsee-error'), null, { timeout: 300_000 });
+  const events = await widget.evaluate(() => window.medseeEvents);
+  assert.deepEqual(events.filter((e) => e.name === 'medsee-error'), [], 'the widget reported an error');
+  const answered = events.find((e) => e.name === 'medsee-answer').detail.summary;
+  const cliWidgetJson = join(artifacts, 'cli-widget.json');
+  execFileSync(medseeBin, ['ask', join(fixture, 'input.png'), 'Where is the mole the doctor looked at?', '--variant', 'q8',
+    '--out', join(artifacts, 'cli-widget-mask.png'), '--json', cliWidgetJson, '--no-explanation'], { stdio: 'inherit' });
+  const cliWidget = JSON.parse(readFileSync(cliWidgetJson, 'utf8')).answer;
+  assert.equal(answered.found, cliWidget.found);
+  assert.ok(Math.abs(answered.mask_area - cliWidget.mask_area) <= 0.02 * Math.max(1, cliWidget.mask_area),
+    `widget mask area ${answered.mask_area} vs CLI ${cliWidget.mask_area}`);
+  assert.equal(await widget.evaluate(() => document.querySelector('medsee-viewer').shadowRoot), null, 'the shadow root is closed');
+  await widget.screenshot({ path: join(artifacts, 'widget.png'), fullPage: true });
+  await widget.close();
+
   // Reload: the weights must now come from Cache Storage.
   await page.reload();
   await page.waitForSelector('body[data-model-ready="true"]', { timeout: 300_000 });
