@@ -120,3 +120,56 @@ fn damaged_weights_are_refused_by_name() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("truncated"));
     std::fs::remove_dir_all(Path::new(&root)).ok();
 }
+
+#[test]
+fn ask_writes_mask_overlay_heat_map_and_json() {
+    let out = temp_dir("ask");
+    let case = Case::all().into_iter().find(|c| c.dir.ends_with("dermoscopy_lesion")).expect("dermoscopy case");
+    let image_path = case.dir.join("input.png");
+    let files = ["mask.png", "overlay.png", "answer.json", "heat.png"].map(|f| out.join(f));
+    let [mask, overlay, json, heat] = files.each_ref().map(|p| p.to_str().unwrap());
+    let question = "  Where is the mole\tthe doctor looked at? ";
+    let output = medsee(&["ask", image_path.to_str().unwrap(), question, "--out", mask, "--overlay", overlay, "--json", json, "--heatmap", heat]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let answer = &summary["answer"];
+    assert_eq!(answer["question"], "Where is the mole the doctor looked at?", "the question is cleaned");
+    let explanation = summary["explanation"].as_str().unwrap();
+    assert!(!explanation.is_empty());
+    assert!(String::from_utf8_lossy(&output.stdout).contains(explanation.split_whitespace().next().unwrap()), "the explanation is printed");
+    for branch in ["seg_weights", "box_weights"] {
+        let weights: Vec<f64> = answer[branch].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(weights.len(), 4);
+        assert!((weights.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{branch} {weights:?}");
+    }
+    let image = image::open(&image_path).unwrap();
+    let written = Mask::from_gray(&image::open(mask).unwrap().to_luma8());
+    assert_eq!((written.width, written.height), (image.width(), image.height()));
+    assert_eq!(written.area(), answer["mask_area"].as_u64().unwrap());
+    if answer["found"].as_bool().unwrap() {
+        let b = &answer["box"];
+        let [x0, y0, x1, y1] = ["x0", "y0", "x1", "y1"].map(|k| b[k].as_f64().unwrap());
+        assert!(0.0 <= x0 && x0 < x1 && x1 <= image.width() as f64 && 0.0 <= y0 && y0 < y1 && y1 <= image.height() as f64, "{b}");
+    } else {
+        assert!(answer["box"].is_null() && written.area() == 0, "not found means no box and an empty mask");
+    }
+    for path in [overlay, heat] {
+        assert_eq!(image::image_dimensions(path).unwrap(), (image.width(), image.height()), "{path}");
+    }
+    std::fs::remove_dir_all(out).ok();
+}
+
+#[test]
+fn bad_questions_fail_cleanly_before_any_work() {
+    let out = temp_dir("bad-question");
+    let image = Case::all().remove(0).dir.join("input.png");
+    let mask = out.join("m.png");
+    let long = "x".repeat(10_000);
+    for (question, expected) in [("", "empty"), (" \t\n ", "empty"), ("\u{7}\u{1b}\u{8}", "empty"), (long.as_str(), "10000 characters")] {
+        let output = medsee(&["ask", image.to_str().unwrap(), question, "--out", mask.to_str().unwrap()]);
+        assert_clean_failure(&output, expected);
+    }
+    assert!(!mask.exists(), "no output may be written on failure");
+    std::fs::remove_dir_all(out).ok();
+}
