@@ -399,7 +399,9 @@ fn run(cli: Cli) -> Result<()> {
             let config = medsee::train::eval::EvalConfig { data, split: split.parse()?, questions, heads, variants, seed, cache_dir: cache };
             let report = medsee::train::eval::evaluate(&paths, &config, &mut |line| eprintln!("{line}"))?;
             std::fs::write(&json, serde_json::to_string_pretty(&report).expect("json")).map_err(|e| Error::io(&json, e))?;
-            println!("results → {}", json.display());
+            let chart = json.with_extension("png");
+            std::fs::write(&chart, medsee::train::eval::chart(&report)?).map_err(|e| Error::io(&chart, e))?;
+            println!("results → {} and {}", json.display(), chart.display());
             Ok(())
         }
         Command::Train { steps, lr, seed, images_per_set, negative_rate, checkpoint_every, warmup_questions, warmup_steps, out } => {

@@ -320,6 +320,29 @@ pub fn evaluate(paths: &ModelPaths, config: &EvalConfig, log: &mut dyn FnMut(&st
     Ok(json!({ "source": source, "data": config.data, "questions": cases.len(), "heads": config.heads, "variants": report }))
 }
 
+/// The report as a grouped bar chart: each variant of medsee next to the text-only baseline and
+/// the upper bound (of the first variant).
+pub fn chart(report: &serde_json::Value) -> Result<Vec<u8>> {
+    let metrics = [("giou", "GIOU"), ("ciou", "CIOU"), ("dice", "DICE"), ("box_iou", "BOX IOU"), ("box_acc50", "BOX@0.5"), ("not_found_rate", "NOT FOUND")];
+    let values = |scores: &serde_json::Value| metrics.iter().map(|(key, _)| scores[key].as_f64().unwrap_or(0.0)).collect::<Vec<_>>();
+    let variants = report["variants"].as_object().ok_or_else(|| Error::Other("report has no variants".into()))?;
+    let mut names = Vec::new();
+    let mut series = Vec::new();
+    for (variant, scores) in variants {
+        names.push(format!("MEDSEE {variant}"));
+        series.push(values(&scores["medsee"]));
+    }
+    if let Some((_, first)) = variants.iter().next() {
+        names.push("TEXT ONLY".into());
+        series.push(values(&first["text_only"]));
+        names.push("UPPER BOUND".into());
+        series.push(values(&first["upper_bound"]));
+    }
+    let series: Vec<(&str, Vec<f64>)> = names.iter().map(String::as_str).zip(series).collect();
+    let groups: Vec<&str> = metrics.iter().map(|m| m.1).collect();
+    super::chart::bar_chart("MEDSEE EVAL: QUESTION TO MASK", &groups, &series)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,7 @@ pub struct TrainConfig {
 pub const HEADS_FILE: &str = "reason-heads.bpk";
 const STATE_FILE: &str = "reason-heads.json";
 const CURVES_FILE: &str = "train-curves.csv";
+const CURVES_PLOT: &str = "train-curves.png";
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct TrainState {
@@ -257,6 +258,30 @@ fn warm_up(
     Ok(heads)
 }
 
+/// The curves CSV as a PNG: each loss part, averaged over windows of 100 questions, over all
+/// rows (warm-up first, then the full run).
+fn plot_curves(csv: &std::path::Path) -> Result<Vec<u8>> {
+    let text = std::fs::read_to_string(csv).map_err(|e| Error::io(csv, e))?;
+    let names = ["mask", "box", "similarity", "presence", "class"];
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split(',').skip(3).take(5).map(|v| v.parse().ok()).collect::<Option<Vec<f64>>>())
+        .collect();
+    let series: Vec<(&str, Vec<(f64, f64)>)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let points = rows.chunks(100).enumerate().map(|(c, chunk)| {
+                let mean = chunk.iter().map(|r| r[i]).sum::<f64>() / chunk.len() as f64;
+                ((c * 100 + chunk.len()) as f64, mean)
+            });
+            (*name, points.collect())
+        })
+        .collect();
+    super::chart::line_chart("MEDSEE TRAINING LOSSES (MEAN OF 100)", "QUESTIONS", &series)
+}
+
 /// Trains (or resumes training) until `config.steps`.
 pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)) -> Result<()> {
     std::fs::create_dir_all(&config.output_dir).map_err(|e| Error::io(&config.output_dir, e))?;
@@ -297,7 +322,9 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
     };
     let curves_path = config.output_dir.join(CURVES_FILE);
     let mut curves = Curves::open(curves_path.clone(), state.step == 0 && !state.warmed_up)?;
+    let plot_path = config.output_dir.join(CURVES_PLOT);
     let save = |heads: &ReasoningHeads, state: &TrainState| -> Result<()> {
+        crate::weights::store::write_atomic(&plot_path, &plot_curves(&curves_path)?)?;
         crate::weights::store::write_atomic(&heads_path, &weights::record_bytes(heads.valid())?)?;
         crate::weights::store::write_atomic(&state_path, serde_json::to_string(state).expect("state").as_bytes())
     };
@@ -326,6 +353,7 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
             save(&heads, &state)?;
         }
     }
-    log(&format!("done: {} ({} steps), curves in {}", heads_path.display(), state.step, curves_path.display()));
+    crate::weights::store::write_atomic(&plot_path, &plot_curves(&curves_path)?)?;
+    log(&format!("done: {} ({} steps), curves in {} and {}", heads_path.display(), state.step, curves_path.display(), plot_path.display()));
     Ok(())
 }
