@@ -24,6 +24,9 @@ pub enum Which {
     Sam(BenchArgs),
     /// SmolLM2: prompt prefill and per-token decode latency, f32 and Q8, vs llama.cpp and transformers.
     Llm(BenchArgs),
+    /// The reasoning segmenter: question → mask with the image encoded, the explanation, and
+    /// end-to-end `ask` (encode + answer + explanation), f32 and Q8, with peak memory.
+    Ask(BenchArgs),
 }
 
 #[derive(Args)]
@@ -283,9 +286,47 @@ fn bench_llm(args: &BenchArgs, paths: &ModelPaths, threads: usize) -> Result<()>
     table.print_and_save(args, threads, peers)
 }
 
+/// A real chest X-ray from the validation split when `../shared` is beside the checkout (the
+/// question is about it), else the synthetic test image.
+fn ask_image() -> RgbImage {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/medseg/images/jsrt_scr_chest_xray");
+    let first = std::fs::read_dir(&dir).ok().and_then(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path()).min());
+    first
+        .and_then(|path| std::fs::read(path).ok())
+        .and_then(|bytes| medsee::image::decode_image(&bytes).ok())
+        .unwrap_or_else(test_image)
+}
+
+const ASK_QUESTION: &str = "Which part helps me breathe?";
+
+fn bench_ask(args: &BenchArgs, paths: &ModelPaths, threads: usize) -> Result<()> {
+    let mut table = Table {
+        name: "ask",
+        title: format!("Reasoning segmentation: \"{ASK_QUESTION}\" on a chest X-ray (no peer: MediSee needs a 7B LLM)"),
+        stages: vec!["question → mask", "explanation", "end-to-end ask"],
+        rows: Vec::new(),
+    };
+    let image = ask_image();
+    for variant in Variant::ALL {
+        eprintln!("bench: medsee ask {variant} …");
+        let reasoner = medsee::Reasoner::load(paths, variant, None)?;
+        let embedding = reasoner.encode(&image);
+        let answer = time_runs(args.runs, || block_on(reasoner.ask(&embedding, ASK_QUESTION)).map(|_| ()))?;
+        let found = block_on(reasoner.ask(&embedding, ASK_QUESTION))?;
+        let explain = time_runs(args.runs, || block_on(reasoner.explain(&found, |_| true)).map(|_| ()))?;
+        let end_to_end = time_runs(args.runs.div_ceil(3), || {
+            let embedding = reasoner.encode(&image);
+            let answer = block_on(reasoner.ask(&embedding, ASK_QUESTION))?;
+            block_on(reasoner.explain(&answer, |_| true)).map(|_| ())
+        })?;
+        table.rows.push((format!("medsee burn-flex {variant}"), vec![answer, explain, end_to_end]));
+    }
+    table.print_and_save(args, threads, None)
+}
+
 pub fn run(which: Which, paths: &ModelPaths, threads: usize) -> Result<()> {
     let args = match &which {
-        Which::Sam(a) | Which::Llm(a) => a,
+        Which::Sam(a) | Which::Llm(a) | Which::Ask(a) => a,
     };
     if args.runs == 0 {
         return Err(Error::Other("--runs must be at least 1".into()));
@@ -293,5 +334,6 @@ pub fn run(which: Which, paths: &ModelPaths, threads: usize) -> Result<()> {
     match &which {
         Which::Sam(args) => bench_sam(args, paths, threads),
         Which::Llm(args) => bench_llm(args, paths, threads),
+        Which::Ask(args) => bench_ask(args, paths, threads),
     }
 }
