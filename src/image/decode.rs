@@ -3,7 +3,7 @@
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageReader, Limits};
+use image::{DynamicImage, ImageFormat, ImageReader, Limits};
 
 use crate::error::{Error, Result};
 
@@ -47,8 +47,14 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Image(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(Error::Image("not a PNG, JPEG or DICOM file".into()));
+    match reader.format() {
+        None => return Err(Error::Image("not a PNG, JPEG or DICOM file".into())),
+        // The JPEG decoder fills a cut-off file with gray instead of failing; a half-missing
+        // medical image must not be shown as if it were whole.
+        Some(ImageFormat::Jpeg) if !ends_with_jpeg_eoi(bytes) => {
+            return Err(Error::Image("the JPEG file is truncated (it has no end-of-image marker); try the file again".into()))
+        }
+        _ => {}
     }
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
@@ -67,6 +73,13 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
         wide => rescale_to_u8(&wide.to_rgb32f().into_raw()),
     };
     RgbImage::new(width, height, pixels)
+}
+
+/// True when the JPEG's end-of-image marker comes after its last start-of-scan (trailing bytes
+/// after it are allowed, as many cameras write them).
+fn ends_with_jpeg_eoi(bytes: &[u8]) -> bool {
+    let last = |marker: [u8; 2]| bytes.windows(2).rposition(|w| w == marker);
+    matches!((last([0xFF, 0xD9]), last([0xFF, 0xDA])), (Some(eoi), Some(sos)) if eoi > sos)
 }
 
 /// Linear min-max map of samples to 0..255, rounding to nearest.
