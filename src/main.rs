@@ -118,40 +118,40 @@ enum Command {
 
 #[derive(Args)]
 struct SegmentArgs {
-    /// PNG or JPEG image.
+    /// PNG, JPEG or DICOM image.
     image: PathBuf,
     /// Box around the object in pixels: x0,y0,x1,y1.
     #[arg(long = "box", value_parser = parse_box)]
     bbox: PixelBox,
-    /// Where to write the mask PNG (values 0/255).
-    #[arg(long, default_value = "mask.png")]
-    out: PathBuf,
-    /// Also write the image with the mask and box drawn on it.
-    #[arg(long)]
-    overlay: Option<PathBuf>,
-    /// Also write a JSON summary (box, mask box, area, predicted IoU, timings).
-    #[arg(long)]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    outputs: Outputs,
     /// Weights to use.
     #[arg(long, default_value = "q8", value_parser = parse_variant)]
     variant: Variant,
 }
 
+/// Where `segment` and `ask` write their results.
 #[derive(Args)]
-struct AskArgs {
-    /// PNG or JPEG image.
-    image: PathBuf,
-    /// The question, in plain words ("which part helps me breathe?").
-    question: String,
-    /// Where to write the mask PNG (values 0/255; empty when the structure is not found).
+struct Outputs {
+    /// Where to write the mask PNG (values 0/255; empty when nothing is found).
     #[arg(long, default_value = "mask.png")]
     out: PathBuf,
     /// Also write the image with the mask (outline + fill) and the box drawn on it.
     #[arg(long)]
     overlay: Option<PathBuf>,
-    /// Also write a JSON summary (question, box, score, presence, fusion weights, explanation).
+    /// Also write a JSON summary.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct AskArgs {
+    /// PNG, JPEG or DICOM image.
+    image: PathBuf,
+    /// The question, in plain words ("which part helps me breathe?").
+    question: String,
+    #[command(flatten)]
+    outputs: Outputs,
     /// Also write the similarity map ("where the model looked") over the image.
     #[arg(long)]
     heatmap: Option<PathBuf>,
@@ -226,8 +226,8 @@ fn segment(paths: &ModelPaths, args: &SegmentArgs) -> Result<()> {
     let result = futures_lite::future::block_on(segmenter.segment_box(&embedding, args.bbox))?;
     let total_s = started.elapsed().as_secs_f64();
 
-    write_file(&args.out, &result.mask.to_png()?)?;
-    if let Some(path) = &args.overlay {
+    write_file(&args.outputs.out, &result.mask.to_png()?)?;
+    if let Some(path) = &args.outputs.overlay {
         write_file(path, &overlay_png(&image, &result.mask, &[result.prompt], OverlayStyle::default())?)?;
     }
     let summary = serde_json::json!({
@@ -241,7 +241,7 @@ fn segment(paths: &ModelPaths, args: &SegmentArgs) -> Result<()> {
         "iou_prediction": result.iou_prediction,
         "seconds": { "load": load_s, "encode_and_decode": total_s },
     });
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.outputs.json {
         write_file(path, serde_json::to_string_pretty(&summary).expect("json").as_bytes())?;
     }
     println!(
@@ -249,7 +249,7 @@ fn segment(paths: &ModelPaths, args: &SegmentArgs) -> Result<()> {
         result.mask.area(),
         result.iou_prediction,
         total_s,
-        args.out.display()
+        args.outputs.out.display()
     );
     Ok(())
 }
@@ -279,8 +279,8 @@ fn ask(paths: &ModelPaths, args: &AskArgs) -> Result<()> {
         ),
         (None, _) => eprintln!("not found (presence {:.2}, {answer_s:.2}s)", answer.presence),
     }
-    write_file(&args.out, &answer.mask.to_png()?)?;
-    if let Some(path) = &args.overlay {
+    write_file(&args.outputs.out, &answer.mask.to_png()?)?;
+    if let Some(path) = &args.outputs.overlay {
         write_file(path, &overlay_png(&image, &answer.mask, answer.bbox.as_slice(), OverlayStyle::default())?)?;
     }
     if let Some(path) = &args.heatmap {
@@ -300,7 +300,7 @@ fn ask(paths: &ModelPaths, args: &AskArgs) -> Result<()> {
         Some(text)
     };
     let explain_s = started.elapsed().as_secs_f64();
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.outputs.json {
         let summary = serde_json::json!({
             "image": args.image,
             "width": image.width,

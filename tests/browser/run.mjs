@@ -133,6 +133,25 @@ try {
   console.log(`browser vs native CLI box mask IoU: ${score.toFixed(4)}`);
   assert.ok(score >= 0.95, `browser mask IoU ${score} < 0.95`);
 
+  // The bad-input corpus through the wasm boundary: an error in the status line for each broken
+  // file (no uncaught error, no dead worker), a normal image for each odd but valid one.
+  const badDir = join(root, 'tests/fixtures/bad');
+  for (const c of JSON.parse(readFileSync(join(badDir, 'cases.json'), 'utf8'))) {
+    await page.evaluate(() => { delete document.body.dataset.imageReady; document.getElementById('status').textContent = ''; });
+    await page.setInputFiles('#file-input', join(badDir, c.file));
+    await page.waitForFunction(() => document.body.dataset.imageReady === 'true' || /^Error/.test(document.getElementById('status').textContent), null, { timeout: 300_000 });
+    const status = await page.textContent('#status');
+    if (c.expect === 'error') {
+      assert.match(status, /^Error: /, `${c.file}: expected an error, got ${status}`);
+      assert.ok(status.includes(c.mentions), `${c.file}: ${status} should mention ${c.mentions}`);
+    } else {
+      assert.equal(await page.evaluate(() => document.body.dataset.imageReady), 'true', `${c.file}: ${status}`);
+    }
+  }
+  await openImage(page);
+  const again = await askInPage(page);
+  assert.ok(iou(again.mask, asked.mask) === 1, 'after the corpus the same question gives the same mask');
+
   // A DICOM file: decoded in the wasm with the file's window, which the page reports; a preset
   // re-windows it.
   await page.setInputFiles('#file-input', join(root, 'tests/fixtures/dicom/ct_window.dcm'));
