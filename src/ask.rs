@@ -73,6 +73,8 @@ pub struct Answer {
     /// The mask decoder's estimate of the mask's IoU.
     pub score: f32,
     pub mask_area: u64,
+    /// The mask in COCO's uncompressed RLE (`size`, `counts`).
+    pub mask_rle: serde_json::Value,
     pub structure: Option<Understood>,
     /// Candidate fusion weights (`[SEG]`, `[BBOX]`, extra candidates…) of the mask and box branches.
     pub seg_weights: Vec<f32>,
@@ -175,7 +177,7 @@ impl Reasoner {
         } else {
             (Mask { width, height, data: vec![0; width as usize * height as usize] }, None)
         };
-        Ok(Answer { question, found, presence, bbox, score, mask_area: mask.area(), structure, seg_weights, box_weights, mask, heatmap })
+        Ok(Answer { question, found, presence, bbox, score, mask_area: mask.area(), mask_rle: mask.coco_rle(), structure, seg_weights, box_weights, mask, heatmap })
     }
 
     /// The explanation of `answer`, streamed piece by piece to `on_text` (return false to stop).

@@ -76,8 +76,8 @@ enum Command {
         /// Questions whose LLM states the warm-up computes once (fresh runs only).
         #[arg(long, default_value_t = 2000)]
         warmup_questions: usize,
-        /// Steps of the heads after the LLM on those states (0: no warm-up).
-        #[arg(long, default_value_t = 6000)]
+        /// Batched steps (8 questions each) of the heads before the mask decoder on those states (0: no warm-up).
+        #[arg(long, default_value_t = 3000)]
         warmup_steps: usize,
         /// Output folder (heads, state, curves, embedding cache).
         #[arg(long, default_value = "models/train")]

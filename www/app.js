@@ -22,6 +22,7 @@ function updateButtons() {
   $('export-mask').disabled = !state.result;
   $('export-overlay').disabled = !state.result;
   $('export-json').disabled = !state.answer;
+  $('export-rle').disabled = !state.answer;
 }
 
 function showAnswer(data) {
@@ -342,13 +343,14 @@ $('export-overlay').addEventListener('click', () => {
   download('overlay.png', canvas);
 });
 
-$('export-json').addEventListener('click', () => {
-  const json = JSON.stringify({ ...state.answer.summary, explanation: state.explanation }, null, 2);
+function downloadJson(name, value) {
   const a = document.createElement('a');
-  a.href = URL.createObjectURL(new Blob([json], { type: 'application/json' }));
-  a.download = 'medsee.json';
+  a.href = URL.createObjectURL(new Blob([JSON.stringify(value, null, 2)], { type: 'application/json' }));
+  a.download = name;
   a.click();
   setTimeout(() => URL.revokeObjectURL(a.href), 1000);
-});
+}
+$('export-json').addEventListener('click', () => downloadJson('medsee.json', { ...state.answer.summary, explanation: state.explanation }));
+$('export-rle').addEventListener('click', () => downloadJson('medsee-mask-rle.json', state.answer.summary.mask_rle));
 
 worker.postMessage({ type: 'load', stopFlag: stopFlag.buffer });

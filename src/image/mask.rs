@@ -57,6 +57,27 @@ impl Mask {
         if union == 0 { 1.0 } else { inter as f64 / union as f64 }
     }
 
+    /// COCO's uncompressed run-length encoding: `{"size": [height, width], "counts": [...]}`,
+    /// runs over the pixels in column-major order, starting with a (possibly empty) run of zeros.
+    pub fn coco_rle(&self) -> serde_json::Value {
+        let (w, h) = (self.width as usize, self.height as usize);
+        let mut counts = Vec::new();
+        let (mut current, mut run) = (0u8, 0u64);
+        for x in 0..w {
+            for y in 0..h {
+                let v = self.data[y * w + x];
+                if v != current {
+                    counts.push(run);
+                    current = v;
+                    run = 0;
+                }
+                run += 1;
+            }
+        }
+        counts.push(run);
+        serde_json::json!({ "size": [self.height, self.width], "counts": counts })
+    }
+
     /// The mask as an 8-bit PNG with values {0, 255}.
     pub fn to_png(&self) -> Result<Vec<u8>> {
         let gray = GrayImage::from_raw(self.width, self.height, self.data.iter().map(|&v| v * 255).collect())
@@ -189,6 +210,16 @@ mod tests {
         b.data[7] = 1;
         assert!((a.iou(&b) - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(a.iou(&a), 1.0);
+    }
+
+    #[test]
+    fn coco_rle_runs_down_the_columns_starting_with_zeros() {
+        // 4×3 with foreground at (1,1) and (2,1): column-major runs 4 zeros, 1 one, 2 zeros, 1 one, 4 zeros.
+        let rle = square_mask().coco_rle();
+        assert_eq!(rle["size"], serde_json::json!([3, 4]));
+        assert_eq!(rle["counts"], serde_json::json!([4, 1, 2, 1, 4]));
+        let full = Mask { width: 2, height: 1, data: vec![1, 1] };
+        assert_eq!(full.coco_rle()["counts"], serde_json::json!([0, 2]), "a leading empty run of zeros");
     }
 
     #[test]

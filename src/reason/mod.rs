@@ -78,6 +78,17 @@ pub struct ReasoningHeads {
     pub class: ClassHead,
 }
 
+/// What the heads after the LLM find before the mask decoder runs (any batch size).
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub fused: Fused,
+    pub similarity: Similarity,
+    /// `[B, 4]` (cx, cy, w, h) in [0, 1] of the padded 256×256 input.
+    pub box_cxcywh: Tensor<2>,
+    pub presence_logit: Tensor<1>,
+    pub class_logits: Tensor<2>,
+}
+
 /// One question's outputs (batch 1).
 #[derive(Debug, Clone)]
 pub struct ReasonOutput {
@@ -129,23 +140,27 @@ impl ReasoningHeads {
         Ok(hidden.narrow(1, layout.candidate_position(0), self.candidates()))
     }
 
-    /// Everything after the LLM: fusion → similarity map → box → prompts → mask decoder.
-    pub fn decode(&self, sam: &LiteMedSam, embedding: Tensor<4>, candidates: Tensor<3>) -> ReasonOutput {
-        let fused = self.fusion.forward(candidates.clone());
-        let similarity = self.similarity.forward(fused.seg.clone(), embedding.clone());
+    /// The heads after the LLM up to the mask decoder: fusion → similarity map → box, presence
+    /// and class. `embedding`: `[B, 256, 64, 64]`, `candidates`: `[B, K, D]`.
+    pub fn locate(&self, embedding: Tensor<4>, candidates: Tensor<3>) -> Located {
+        let fused = self.fusion.forward(candidates);
+        let similarity = self.similarity.forward(fused.seg.clone(), embedding);
         let map = map_features(similarity.logits.clone());
-        let box_cxcywh = self.box_head.forward(fused.bbox.clone(), map.clone());
-        let seg_token = self.seg_prompt.forward(fused.seg.clone());
-        let decoder = sam.decode_boxes(embedding, cxcywh_to_xyxy(box_cxcywh.clone(), INPUT_SIZE as f64), Some(seg_token));
-        ReasonOutput {
+        Located {
+            box_cxcywh: self.box_head.forward(fused.bbox.clone(), map.clone()),
             presence_logit: self.presence.forward(fused.seg.clone(), map),
             class_logits: self.class.forward(fused.seg.clone()),
             similarity,
-            candidates,
             fused,
-            box_cxcywh,
-            decoder,
         }
+    }
+
+    /// Everything after the LLM: [`Self::locate`], then the box and seg prompts → mask decoder.
+    pub fn decode(&self, sam: &LiteMedSam, embedding: Tensor<4>, candidates: Tensor<3>) -> ReasonOutput {
+        let Located { fused, similarity, box_cxcywh, presence_logit, class_logits } = self.locate(embedding.clone(), candidates.clone());
+        let seg_token = self.seg_prompt.forward(fused.seg.clone());
+        let decoder = sam.decode_boxes(embedding, cxcywh_to_xyxy(box_cxcywh.clone(), INPUT_SIZE as f64), Some(seg_token));
+        ReasonOutput { candidates, fused, similarity, box_cxcywh, presence_logit, class_logits, decoder }
     }
 
     /// Runs the whole graph for one image embedding (`[1, 256, 64, 64]`) and question layout.

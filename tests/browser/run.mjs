@@ -87,6 +87,7 @@ const userDataDir = mkdtempSync(join(tmpdir(), 'medsee-chromium-'));
 const context = await chromium.launchPersistentContext(userDataDir, {
   executablePath: '/usr/bin/chromium',
   headless: true,
+  acceptDownloads: true,
   args: ['--no-sandbox', '--disable-gpu-sandbox', '--no-first-run', '--disable-background-networking',
     '--disable-component-update', '--disable-sync', '--disable-quic'],
 });
@@ -96,7 +97,7 @@ try {
   const page = await context.newPage();
   page.on('console', (m) => console.log('[page]', m.text()));
   page.on('pageerror', (e) => { console.log('[page error]', e.message); failures++; });
-  context.on('request', (r) => requests.push(r.url()));
+  context.on('request', (r) => requests.push({ url: r.url(), method: r.method() }));
 
   await page.goto(url);
   await page.waitForSelector('body[data-model-ready="true"]', { timeout: 300_000 });
@@ -110,6 +111,18 @@ try {
   const explanation = (await page.textContent('#explanation')).trim();
   console.log(`explanation (${asked.updates} updates): ${explanation}`);
   assert.ok(explanation.length > 0, 'no explanation');
+  // Exports: every button downloads a file; the COCO RLE decodes to the page's mask.
+  const saved = {};
+  for (const button of ['export-json', 'export-rle', 'export-mask', 'export-overlay']) {
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click(`#${button}`)]);
+    saved[button] = readFileSync(await download.path());
+    assert.ok(saved[button].length > 0, `${button} saved nothing`);
+  }
+  const rle = JSON.parse(saved['export-rle']);
+  assert.equal(rle.counts.reduce((a, b) => a + b, 0), rle.size[0] * rle.size[1], 'RLE covers the image');
+  assert.equal(rle.counts.filter((_, i) => i % 2 === 1).reduce((a, b) => a + b, 0), asked.mask.reduce((a, b) => a + b, 0), 'RLE area');
+  assert.equal(JSON.parse(saved['export-json']).explanation.trim(), explanation);
+
   const cliAskMask = join(artifacts, 'cli-ask-mask.png');
   const cliJson = join(artifacts, 'cli-ask.json');
   execFileSync(medseeBin, ['ask', image, question, '--variant', 'q8', '--out', cliAskMask, '--json', cliJson], { stdio: 'inherit' });
@@ -188,8 +201,15 @@ try {
   assert.match(await page.textContent('#status'), /browser cache/);
   await page.screenshot({ path: join(artifacts, 'reloaded-from-cache.png'), fullPage: true });
 
-  const foreign = requests.filter((r) => !r.startsWith(url) && !r.startsWith('data:') && !r.startsWith('blob:'));
-  assert.deepEqual(foreign, [], 'the page contacted another origin');
+  // Privacy: every request of the whole session (page, asks, exports, widget) is a same-origin
+  // GET of the page's own static files; images and answers never leave the page.
+  const own = /^(index\.html|widget-demo\.html|[\w-]+\.(js|css)|pkg\/medsee(_bg)?\.(js|wasm)|demo\/[\w-]+\.(js|css|png)|models\/[\w.-]+)?$/;
+  const offending = requests.filter((r) => {
+    if (r.url.startsWith('data:') || r.url.startsWith('blob:')) return false;
+    return r.method !== 'GET' || !r.url.startsWith(url) || !own.test(r.url.slice(url.length).split('?')[0]);
+  });
+  assert.deepEqual(offending, [], 'requests other than same-origin GETs of the page\'s own files');
+  console.log(`privacy: ${requests.length} requests, all same-origin GETs of static files`);
   assert.equal(failures, 0, 'uncaught errors in the page');
   console.log('browser test: ok');
 } finally {
