@@ -8,6 +8,7 @@ use std::rc::Rc;
 
 use burn::tensor::Device;
 use js_sys::{Float32Array, Function, Object, Reflect, Uint8Array};
+use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use crate::ask::{heatmap_bytes, Answer, Reasoner};
@@ -54,7 +55,8 @@ fn segmentation_to_js(result: &BoxSegmentation) -> JsValue {
 fn answer_to_js(answer: &Answer) -> Result<JsValue, JsValue> {
     let out = Object::new();
     // The summary (question, box, presence, structure, fusion weights…) as the CLI's JSON has it.
-    let summary = serde_wasm_bindgen::to_value(answer).map_err(|e| JsError::new(&e.to_string()))?;
+    // JSON-compatible: maps (the COCO RLE) become plain objects, as in the CLI's JSON.
+    let summary = answer.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| JsError::new(&e.to_string()))?;
     set(&out, "summary", summary);
     set(&out, "width", answer.mask.width);
     set(&out, "height", answer.mask.height);
@@ -123,7 +125,7 @@ impl Engine {
             let window = center.zip(width).map(|(center, width)| Window { center, width });
             let decoded = decode_dicom(bytes, window).map_err(js_error)?;
             let info = Object::new();
-            let window_js = |w: Option<Window>| serde_wasm_bindgen::to_value(&w).unwrap_or(JsValue::NULL);
+            let window_js = |w: Option<Window>| w.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).unwrap_or(JsValue::NULL);
             set(&info, "fileWindow", window_js(decoded.file_window));
             set(&info, "appliedWindow", window_js(decoded.applied_window));
             set(&info, "modality", decoded.modality.map(JsValue::from).unwrap_or(JsValue::NULL));

@@ -42,7 +42,13 @@ function showAnswer(data) {
   document.body.dataset.answerFound = String(s.found);
 }
 
+// Timings and memory of this session, for the browser benchmark (window.medseeTimings).
+const timings = (window.medseeTimings = { events: [] });
 worker.onmessage = ({ data }) => {
+  if (data.loadMs !== undefined || data.encodeMs !== undefined || data.askMs !== undefined || data.explainMs !== undefined) {
+    const { type, loadMs, encodeMs, askMs, explainMs, memoryBytes, totalBytes, fromCache } = data;
+    timings.events.push({ type, loadMs, encodeMs, askMs, explainMs, memoryBytes, totalBytes, fromCache });
+  }
   switch (data.type) {
     case 'progress': {
       $('download-progress').max = data.total;

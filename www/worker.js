@@ -6,6 +6,7 @@ import init, { Engine, weightFiles } from './pkg/medsee.js';
 
 const WEIGHTS_CACHE = 'medsee-weights-v1';
 let engine = null;
+let wasm = null; // the module's exports: its memory size is reported with results
 // Shared with the page: the stop button sets it to 1 while an explanation streams.
 let stopFlag = null;
 
@@ -71,7 +72,8 @@ async function fetchWeightFile(cache, name, entry, progress) {
 async function load(flag) {
   // Without a shared flag (a page that is not cross-origin isolated) explanations cannot be stopped.
   stopFlag = new Int32Array(flag ?? new ArrayBuffer(4));
-  await init();
+  wasm = await init();
+  const started = performance.now();
   const indexText = await (await fetch('models/index.json', { cache: 'no-cache' })).text();
   const index = JSON.parse(indexText);
   const names = weightFiles();
@@ -108,7 +110,11 @@ async function load(flag) {
       post('notice', { message: `Could not store the weights for offline use (${error.message}).` });
     }
   }
-  post('ready', { backend: engine.backend(), fromCache, totalBytes: total });
+  post('ready', { backend: engine.backend(), fromCache, totalBytes: total, loadMs: performance.now() - started, memoryBytes: wasmMemory() });
+}
+
+function wasmMemory() {
+  return wasm ? wasm.memory.buffer.byteLength : 0;
 }
 
 function requireEngine() {
@@ -129,6 +135,7 @@ async function ask(question) {
     heatmapWidth: answer.heatmapWidth,
     heatmapHeight: answer.heatmapHeight,
     askMs,
+    memoryBytes: wasmMemory(),
   }, [answer.mask.buffer, answer.heatmap.buffer]);
   Atomics.store(stopFlag, 0, 0);
   started = performance.now();
@@ -136,7 +143,7 @@ async function ask(question) {
     post('explain-piece', { text: piece });
     return Atomics.load(stopFlag, 0) === 0;
   });
-  post('explained', { text, stopped: Atomics.load(stopFlag, 0) !== 0, explainMs: performance.now() - started });
+  post('explained', { text, stopped: Atomics.load(stopFlag, 0) !== 0, explainMs: performance.now() - started, memoryBytes: wasmMemory() });
 }
 
 self.onmessage = async ({ data }) => {
@@ -149,7 +156,7 @@ self.onmessage = async ({ data }) => {
       const info = engine.setImage(new Uint8Array(data.bytes), data.window?.center, data.window?.width);
       post('image', {
         width: info.width, height: info.height, pixels: info.pixels, dicom: info.dicom,
-        encodeMs: performance.now() - started,
+        encodeMs: performance.now() - started, memoryBytes: wasmMemory(),
       }, [info.pixels.buffer]);
     } else if (data.type === 'ask') {
       await ask(data.question);

@@ -6,7 +6,7 @@
 // usage: node tests/browser/run.mjs   (after scripts/build-web.sh and `medsee convert`)
 import { chromium } from 'playwright-core';
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, mkdtempSync } from 'node:fs';
+import { mkdirSync, readFileSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -92,6 +92,7 @@ const context = await chromium.launchPersistentContext(userDataDir, {
     '--disable-component-update', '--disable-sync', '--disable-quic'],
 });
 const requests = [];
+let bench = null;
 let failures = 0;
 try {
   const page = await context.newPage();
@@ -195,10 +196,32 @@ try {
   await widget.screenshot({ path: join(artifacts, 'widget.png'), fullPage: true });
   await widget.close();
 
+  // Browser benchmark: what the page measured in this session (CPU path), kept with the other results.
+  const timings = await page.evaluate(() => window.medseeTimings.events);
+  const firstLoad = timings.find((e) => e.type === 'ready');
+  const pick = (type, key) => timings.filter((e) => e.type === type && e[key] !== undefined).map((e) => e[key]);
+  const median = (v) => { const s = [...v].sort((a, b) => a - b); return s.length ? s[Math.floor(s.length / 2)] : null; };
+  const index = JSON.parse(readFileSync(join(root, 'models/converted/index.json'), 'utf8'));
+  const wasmBytes = readFileSync(join(root, 'www/pkg/medsee_bg.wasm')).length;
+  bench = {
+    date: new Date().toISOString(), browser: 'Debian chromium (headless)', path: 'CPU (wasm SIMD)',
+    first_load_ms: firstLoad.loadMs, download_bytes: firstLoad.totalBytes, wasm_bytes: wasmBytes,
+    files: Object.fromEntries(['litemedsam-q8.bpk', 'smollm2-q8.bpk', 'smollm2-tokenizer.json', 'smollm2-config.json', 'reason-heads.bpk'].map((f) => [f, index.files[f].size])),
+    encode_ms_median: median(pick('image', 'encodeMs')), question_to_mask_ms_median: median(pick('answer', 'askMs')),
+    explanation_ms_median: median(pick('explained', 'explainMs')),
+    peak_wasm_memory_bytes: Math.max(...timings.map((e) => e.memoryBytes ?? 0)),
+  };
+  bench.time_to_first_mask_ms = bench.first_load_ms + bench.encode_ms_median + bench.question_to_mask_ms_median;
+  writeFileSync(join(artifacts, 'browser-bench.json'), JSON.stringify(bench, null, 1));
+  console.log('browser bench:', JSON.stringify(bench));
+
   // Reload: the weights must now come from Cache Storage.
   await page.reload();
   await page.waitForSelector('body[data-model-ready="true"]', { timeout: 300_000 });
   assert.match(await page.textContent('#status'), /browser cache/);
+  bench.cached_load_ms = (await page.evaluate(() => window.medseeTimings.events)).find((e) => e.type === 'ready').loadMs;
+  writeFileSync(join(artifacts, 'browser-bench.json'), JSON.stringify(bench, null, 1));
+  console.log(`browser bench: load from cache ${bench.cached_load_ms.toFixed(0)} ms`);
   await page.screenshot({ path: join(artifacts, 'reloaded-from-cache.png'), fullPage: true });
 
   // Privacy: every request of the whole session (page, asks, exports, widget) is a same-origin
