@@ -27,6 +27,19 @@ pub enum Which {
     /// The reasoning segmenter: question → mask with the image encoded, the explanation, and
     /// end-to-end `ask` (encode + answer + explanation), f32 and Q8, with peak memory.
     Ask(BenchArgs),
+    /// Soak: many questions over many images in one process; RSS and latency every 50 questions.
+    Soak(SoakArgs),
+}
+
+#[derive(Args)]
+pub struct SoakArgs {
+    #[arg(long, default_value_t = 500)]
+    questions: usize,
+    #[arg(long, default_value_t = 20)]
+    images: usize,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "benches/results/soak.json")]
+    json: PathBuf,
 }
 
 #[derive(Args)]
@@ -324,16 +337,65 @@ fn bench_ask(args: &BenchArgs, paths: &ModelPaths, threads: usize) -> Result<()>
     table.print_and_save(args, threads, None)
 }
 
-pub fn run(which: Which, paths: &ModelPaths, threads: usize) -> Result<()> {
-    let args = match &which {
-        Which::Sam(a) | Which::Llm(a) | Which::Ask(a) => a,
-    };
-    if args.runs == 0 {
-        return Err(Error::Other("--runs must be at least 1".into()));
+/// Current resident memory of this process, in MB.
+fn rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+const SOAK_QUESTIONS: [&str; 6] = [
+    "Which part helps me breathe?",
+    "Where is the heart?",
+    "Show me the growth the doctor worried about.",
+    "Segment the liver.",
+    "What lets me see?",
+    "Where is the baby's head?",
+];
+
+fn bench_soak(args: &SoakArgs, paths: &ModelPaths) -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/medseg/images");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map_err(|e| Error::io(&root, e))?
+        .filter_map(|set| set.ok())
+        .filter_map(|set| std::fs::read_dir(set.path()).ok()?.filter_map(|f| f.ok()).map(|f| f.path()).min())
+        .collect();
+    files.sort();
+    files.truncate(args.images.max(1));
+    let reasoner = medsee::Reasoner::load(paths, Variant::Q8, None)?;
+    let embeddings = files
+        .iter()
+        .map(|f| Ok(reasoner.encode(&medsee::image::decode_image(&std::fs::read(f).map_err(|e| Error::io(f, e))?)?)))
+        .collect::<Result<Vec<_>>>()?;
+    println!("soak: {} questions over {} images (q8), one process", args.questions, files.len());
+    println!("{:>9} {:>9} {:>14}", "questions", "RSS MB", "ms/question");
+    let mut samples = Vec::new();
+    let mut window = Instant::now();
+    for n in 1..=args.questions {
+        let answer = block_on(reasoner.ask(&embeddings[n % embeddings.len()], SOAK_QUESTIONS[n % SOAK_QUESTIONS.len()]))?;
+        if n % 10 == 0 {
+            block_on(reasoner.explain(&answer, |_| true))?;
+        }
+        if n % 50 == 0 {
+            let ms = window.elapsed().as_secs_f64() * 1e3 / 50.0;
+            let rss = rss_mb().unwrap_or(0.0);
+            println!("{n:>9} {rss:>9.0} {ms:>14.0}");
+            samples.push(json!({ "questions": n, "rss_mb": rss, "ms_per_question": ms }));
+            window = Instant::now();
+        }
     }
+    let report = json!({ "benchmark": "soak", "images": files.len(), "questions": args.questions, "explanation_every": 10, "samples": samples });
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report).expect("json")).map_err(|e| Error::io(&args.json, e))?;
+    println!("results → {}", args.json.display());
+    Ok(())
+}
+
+pub fn run(which: Which, paths: &ModelPaths, threads: usize) -> Result<()> {
+    let timed = |args: &BenchArgs| if args.runs == 0 { Err(Error::Other("--runs must be at least 1".into())) } else { Ok(()) };
     match &which {
-        Which::Sam(args) => bench_sam(args, paths, threads),
-        Which::Llm(args) => bench_llm(args, paths, threads),
-        Which::Ask(args) => bench_ask(args, paths, threads),
+        Which::Sam(args) => timed(args).and_then(|_| bench_sam(args, paths, threads)),
+        Which::Llm(args) => timed(args).and_then(|_| bench_llm(args, paths, threads)),
+        Which::Ask(args) => timed(args).and_then(|_| bench_ask(args, paths, threads)),
+        Which::Soak(args) => bench_soak(args, paths),
     }
 }

@@ -59,26 +59,29 @@ fn unit_rows(x: Tensor<2>) -> Tensor<2> {
 pub const MAP_FEATURES: usize = 6;
 
 /// What the coarse mask says about the target, per sample `[B, 6]`: the box of its moments
-/// (cx, cy, w, h with w = √(12·var), exact for a filled rectangle), its mean and its peak.
+/// (cx, cy, w, h with w = √(12·var), exact for a filled rectangle), its mean and its peak. The
+/// moments weigh each cell by p⁴: otherwise thousands of background cells at p ≈ 0.1 outweigh a
+/// target of a few hundred cells and the box covers the whole image.
 pub fn map_features(logits: Tensor<3>) -> Tensor<2> {
     let [b, h, w] = logits.dims();
     let device = logits.device();
     let p = sigmoid(logits.clone());
-    let mass = p.clone().sum_dim(2).sum_dim(1).reshape([b, 1]) + 1e-4;
+    let weight = p.clone().square().square();
+    let mass = weight.clone().sum_dim(2).sum_dim(1).reshape([b, 1]) + 1e-6;
     let centres = |n: usize| {
         let values: Vec<f32> = (0..n).map(|i| (i as f32 + 0.5) / n as f32).collect();
         Tensor::<1>::from_floats(values.as_slice(), &device)
     };
     let xs = centres(w).reshape([1, 1, w]);
     let ys = centres(h).reshape([1, h, 1]);
-    let moment = |weights: Tensor<3>| weights.sum_dim(2).sum_dim(1).reshape([b, 1]) / mass.clone();
-    let cx = moment(p.clone() * xs.clone());
-    let cy = moment(p.clone() * ys.clone());
-    let var_x = moment(p.clone() * (xs - cx.clone().reshape([b, 1, 1])).square());
-    let var_y = moment(p.clone() * (ys - cy.clone().reshape([b, 1, 1])).square());
+    let moment = |values: Tensor<3>| values.sum_dim(2).sum_dim(1).reshape([b, 1]) / mass.clone();
+    let cx = moment(weight.clone() * xs.clone());
+    let cy = moment(weight.clone() * ys.clone());
+    let var_x = moment(weight.clone() * (xs - cx.clone().reshape([b, 1, 1])).square());
+    let var_y = moment(weight * (ys - cy.clone().reshape([b, 1, 1])).square());
     let width = (var_x * 12.0 + 1e-6).sqrt();
     let height = (var_y * 12.0 + 1e-6).sqrt();
-    let mean = mass / (h * w) as f64;
+    let mean = p.sum_dim(2).sum_dim(1).reshape([b, 1]) / (h * w) as f64;
     let peak = logits.reshape([b, h * w]).max_dim(1) / 10.0;
     Tensor::cat(vec![cx, cy, width, height, mean, peak], 1)
 }
@@ -100,7 +103,7 @@ impl BoxHead {
         let [b, _] = map.dims();
         let prior = map.clone().narrow(1, 0, 4).clamp(1e-3, 1.0 - 1e-3);
         let prior_logit = (prior.clone() / (-prior + 1.0)).log();
-        let correction = self.mlp.forward(Tensor::cat(vec![fused, map], 1)) * 0.1;
+        let correction = self.mlp.forward(Tensor::cat(vec![fused, map], 1)) * 0.5;
         sigmoid(prior_logit + correction).reshape([b, 4])
     }
 }

@@ -367,7 +367,12 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
             log(&format!("resuming from {} at step {}", heads_path.display(), state.step));
             (weights::load_record(reason.init(&device), HEADS_FILE, bytes)?, state)
         }
-        Err(_) => (reason.init(&device), TrainState { step: 0, seed: config.seed, warmed_up: false }),
+        Err(_) => {
+            // A seeded start: the warm-up's cached LLM states depend on the initial projector and
+            // candidate embeddings.
+            device.seed(config.seed);
+            (reason.init(&device), TrainState { step: 0, seed: config.seed, warmed_up: false })
+        }
     };
     let generator = QuestionGenerator::new(Knowledge::load()?, Phrasings::Train);
     let sampler = Sampler {
