@@ -9,6 +9,8 @@
 
 pub mod ask;
 pub mod error;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod fuzzing;
 pub mod image;
 pub mod llm;
 pub mod reason;

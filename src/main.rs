@@ -61,12 +61,12 @@ enum Command {
     Train {
         #[arg(long, default_value_t = 2000)]
         steps: usize,
-        #[arg(long, default_value_t = 3e-4)]
+        #[arg(long, default_value_t = 1e-3)]
         lr: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Training images per data set.
-        #[arg(long, default_value_t = 24)]
+        #[arg(long, default_value_t = 20)]
         images_per_set: usize,
         /// Share of questions about absent structures.
         #[arg(long, default_value_t = 0.2)]
@@ -79,6 +79,12 @@ enum Command {
         /// Batched steps (8 questions each) of the heads before the mask decoder on those states (0: no warm-up).
         #[arg(long, default_value_t = 3000)]
         warmup_steps: usize,
+        /// Questions whose LLM states the refit computes once with the trained heads.
+        #[arg(long, default_value_t = 2000)]
+        refit_questions: usize,
+        /// Batched steps of the box and content heads on those states after the full run (0: no refit).
+        #[arg(long, default_value_t = 2000)]
+        refit_steps: usize,
         /// Output folder (heads, state, curves, embedding cache).
         #[arg(long, default_value = "models/train")]
         out: PathBuf,
@@ -404,7 +410,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("results → {} and {}", json.display(), chart.display());
             Ok(())
         }
-        Command::Train { steps, lr, seed, images_per_set, negative_rate, checkpoint_every, warmup_questions, warmup_steps, out } => {
+        Command::Train { steps, lr, seed, images_per_set, negative_rate, checkpoint_every, warmup_questions, warmup_steps, refit_questions, refit_steps, out } => {
             let config = medsee::train::trainer::TrainConfig {
                 steps,
                 learning_rate: lr,
@@ -414,6 +420,8 @@ fn run(cli: Cli) -> Result<()> {
                 checkpoint_every: checkpoint_every.max(1),
                 warmup_questions,
                 warmup_steps,
+                refit_questions,
+                refit_steps,
                 output_dir: out,
             };
             medsee::train::trainer::train(&paths, &config, &mut |line| println!("train: {line}"))

@@ -56,3 +56,39 @@ fn the_untrained_graph_runs_end_to_end() {
     assert_eq!(out.decoder.low_res_masks.dims(), [1, 1, 256, 256]);
     assert!(out.decoder.low_res_masks.is_finite().all().into_scalar::<bool>());
 }
+
+/// The shipped reasoning heads, on the six golden validation images (six modalities, none used in
+/// training): an explicit question about the annotated structure must find it, and the answer's
+/// mask must overlap LiteMedSAM's ground-truth-box mask (the upper bound) well on average. The
+/// bound sits below the value measured when the heads were committed (README, Evaluation), so a
+/// broken graph, wrong heads or a wrong position fails it.
+#[test]
+fn the_shipped_heads_find_the_asked_structure_on_held_out_images() {
+    use futures_lite::future::block_on;
+    use medsee::image::Mask;
+    use medsee::reason::knowledge::Knowledge;
+    let reasoner = medsee::Reasoner::load(&common::model_paths(), Variant::Q8, None).unwrap();
+    let knowledge = Knowledge::load().unwrap();
+    let mut ious = Vec::new();
+    for case in common::Case::all() {
+        let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(case.dir.join("case.json")).unwrap()).unwrap();
+        let name = knowledge.structure(meta["class"].as_str().unwrap()).unwrap().name();
+        let image = medsee::image::decode_image(&std::fs::read(case.dir.join("input.png")).unwrap()).unwrap();
+        let answer = block_on(reasoner.ask(&reasoner.encode(&image), &format!("Segment the {name}."))).unwrap();
+        let reference = Mask::from_gray(&image::open(case.dir.join("mask.png")).unwrap().to_luma8());
+        let reference = Mask::from_gray(&image::imageops::resize(
+            &image::GrayImage::from_raw(reference.width, reference.height, reference.data.iter().map(|v| v * 255).collect()).unwrap(),
+            image.width,
+            image.height,
+            image::imageops::FilterType::Nearest,
+        ));
+        let iou = answer.mask.iou(&reference);
+        println!("{}: {name}: found {} (presence {:.2}), IoU {iou:.3}", meta["case"], answer.found, answer.presence);
+        ious.push(iou);
+    }
+    let mean = ious.iter().sum::<f64>() / ious.len() as f64;
+    assert!(mean >= SHIPPED_HEADS_MIN_MEAN_IOU, "mean IoU {mean:.3} < {SHIPPED_HEADS_MIN_MEAN_IOU} ({ious:?})");
+}
+
+/// Measured mean IoU of the committed heads on the six golden cases (0.377 on 2026-11-22), minus 0.1.
+const SHIPPED_HEADS_MIN_MEAN_IOU: f64 = 0.27;

@@ -69,7 +69,12 @@ pub fn decode_dicom(bytes: &[u8], window: Option<Window>) -> Result<DicomImage> 
         return Err(Error::Image(format!("the DICOM file holds {frames} frames; medsee reads single images — export one slice or frame")));
     }
     let modality = object.element(tags::MODALITY).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim().to_string());
-    let pixels = object.decode_pixel_data().map_err(|e| dicom_error("pixel data could not be decoded", e))?;
+    // dicom-rs's RLE decoder indexes past the end of some corrupt segments (found by the fuzz
+    // smoke test); natively that panic becomes this error. wasm cannot unwind, so there it still
+    // aborts the worker (noted for upstream).
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| object.decode_pixel_data()))
+        .map_err(|_| Error::Image("DICOM: the compressed pixel data is corrupt".into()))?;
+    let pixels = decoded.map_err(|e| dicom_error("pixel data could not be decoded", e))?;
     let file_window = pixels.window().ok().flatten().and_then(|w| w.first()).map(|w| Window { center: w.center, width: w.width });
     let applied_window = window.or(file_window).filter(|w| w.width > 0.0);
     let voi = match applied_window {

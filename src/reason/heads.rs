@@ -1,6 +1,7 @@
 //! Small trained heads on the fused states: the similarity map ("where the model looked"), the
-//! box, the prompt token for SAM's mask decoder, the presence score ("not found") and the class
-//! of the structure found (which grounds the explanation in the knowledge table).
+//! box, the prompt token for SAM's mask decoder, the class of the structure asked for (which
+//! grounds the explanation in the knowledge table) and what the image contains (which, with the
+//! class, gives the presence score: "not found").
 
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
@@ -86,25 +87,40 @@ pub fn map_features(logits: Tensor<3>) -> Tensor<2> {
     Tensor::cat(vec![cx, cy, width, height, mean, peak], 1)
 }
 
-/// The box: the moment box of the coarse mask, corrected by an MLP that also reads the fused box
-/// state → sigmoid (cx, cy, w, h), normalised to the padded model input.
+/// The box: an anchor — the mean training box of each class, weighted by the class head's
+/// probabilities — corrected by an MLP that reads the fused box state and what the similarity map
+/// found → sigmoid (cx, cy, w, h), normalised to the padded model input. The anchor alone is where
+/// such a structure usually lies; the correction is what this image adds.
 #[derive(Module, Debug)]
 pub struct BoxHead {
     pub mlp: Mlp,
+    /// `[classes, 4]` (cx, cy, w, h): statistics of the training data, set by the trainer.
+    pub anchors: Param<Tensor<2>>,
 }
 
 impl BoxHead {
-    pub fn new(dim: usize, hidden: usize, device: &Device) -> Self {
-        Self { mlp: Mlp::new(dim + MAP_FEATURES, hidden, 4, 3, device) }
+    pub fn new(dim: usize, hidden: usize, classes: usize, device: &Device) -> Self {
+        let head = Self {
+            mlp: Mlp::new(dim + MAP_FEATURES, hidden, 4, 3, device),
+            anchors: Param::from_tensor(Tensor::full([classes, 4], 0.5, device)).set_require_grad(false),
+        };
+        // A fresh head answers with the anchor.
+        head.without_correction()
     }
 
-    /// `fused`: `[B, D]`, `map`: [`map_features`] → `[B, 4]`.
-    pub fn forward(&self, fused: Tensor<2>, map: Tensor<2>) -> Tensor<2> {
-        let [b, _] = map.dims();
-        let prior = map.clone().narrow(1, 0, 4).clamp(1e-3, 1.0 - 1e-3);
-        let prior_logit = (prior.clone() / (-prior + 1.0)).log();
-        let correction = self.mlp.forward(Tensor::cat(vec![fused, map], 1)) * 0.5;
-        sigmoid(prior_logit + correction).reshape([b, 4])
+    /// The head with its correction reset to zero (it answers with the anchor).
+    pub fn without_correction(mut self) -> Self {
+        let last = self.mlp.layers.last_mut().expect("three layers");
+        last.weight = Param::from_tensor(last.weight.val().zeros_like());
+        last.bias = last.bias.as_ref().map(|b| Param::from_tensor(b.val().zeros_like()));
+        self
+    }
+
+    /// `fused`: `[B, D]`, `map`: [`map_features`], `class_probs`: `[B, classes]` → `[B, 4]`.
+    pub fn forward(&self, fused: Tensor<2>, map: Tensor<2>, class_probs: Tensor<2>) -> Tensor<2> {
+        let anchor = class_probs.matmul(self.anchors.val()).clamp(1e-3, 1.0 - 1e-3);
+        let anchor_logit = (anchor.clone() / (-anchor + 1.0)).log();
+        sigmoid(anchor_logit + self.mlp.forward(Tensor::cat(vec![fused, map], 1)))
     }
 }
 
@@ -132,22 +148,33 @@ impl SegPrompt {
     }
 }
 
-/// Logit that the asked-for structure is in the image, from the fused seg state and what the
-/// similarity map found.
+/// Which of the knowledge table's classes the image shows (independent logits, multi-label),
+/// from the image embedding pooled by mean and by max. With the class head it answers "is the
+/// structure asked for in this image?" — a heart is never in a fundus photo, whatever the question.
 #[derive(Module, Debug)]
-pub struct PresenceHead {
+pub struct ContentHead {
     pub mlp: Mlp,
 }
 
-impl PresenceHead {
-    pub fn new(dim: usize, hidden: usize, device: &Device) -> Self {
-        Self { mlp: Mlp::new(dim + MAP_FEATURES, hidden, 1, 2, device) }
+impl ContentHead {
+    pub fn new(embedding_channels: usize, hidden: usize, classes: usize, device: &Device) -> Self {
+        Self { mlp: Mlp::new(2 * embedding_channels, hidden, classes, 2, device) }
     }
 
-    pub fn forward(&self, fused: Tensor<2>, map: Tensor<2>) -> Tensor<1> {
-        let [b, _] = fused.dims();
-        self.mlp.forward(Tensor::cat(vec![fused, map], 1)).reshape([b])
+    /// `[B, C, H, W]` → `[B, classes]` logits.
+    pub fn forward(&self, embedding: Tensor<4>) -> Tensor<2> {
+        let [b, c, h, w] = embedding.dims();
+        let cells = embedding.reshape([b, c, h * w]);
+        let pooled = Tensor::cat(vec![cells.clone().mean_dim(2).reshape([b, c]), cells.max_dim(2).reshape([b, c])], 1);
+        self.mlp.forward(pooled)
     }
+}
+
+/// Logit that the structure asked for is in the image: `P = Σ_c P(asked c) · P(image shows c)`.
+pub fn presence_logit(class_probs: Tensor<2>, content_logits: Tensor<2>) -> Tensor<1> {
+    let [b, _] = class_probs.dims();
+    let p = (class_probs * sigmoid(content_logits)).sum_dim(1).reshape([b]).clamp(1e-6, 1.0 - 1e-6);
+    (p.clone() / (-p + 1.0)).log()
 }
 
 /// Logits over the knowledge table's classes: which structure the question was understood as.
@@ -169,6 +196,30 @@ impl ClassHead {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presence_is_the_content_probability_of_the_asked_class() {
+        let device = Device::flex();
+        let class_probs = Tensor::<1>::from_floats([1.0, 0.0, 0.0, 0.0, 0.5, 0.5], &device).reshape([2, 3]);
+        let content = Tensor::<1>::from_floats([-4.0, 3.0, 0.0, 2.0, -1.0, 1.0], &device).reshape([2, 3]);
+        let p = sigmoid(presence_logit(class_probs, content)).into_data().try_to_vec::<f32>().unwrap();
+        let s = |x: f32| 1.0 / (1.0 + (-x).exp());
+        assert!((p[0] - s(-4.0)).abs() < 1e-5 && (p[1] - 0.5 * (s(-1.0) + s(1.0))).abs() < 1e-5, "{p:?}");
+    }
+
+    #[test]
+    fn a_fresh_box_head_answers_with_the_class_anchor() {
+        let device = Device::flex();
+        let mut head = BoxHead::new(8, 16, 2, &device);
+        head.anchors = Param::from_tensor(Tensor::<1>::from_floats([0.3, 0.4, 0.2, 0.1, 0.7, 0.6, 0.4, 0.5], &device).reshape([2, 4]));
+        let fused = Tensor::random([1, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let map = Tensor::random([1, MAP_FEATURES], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let probs = Tensor::<1>::from_floats([0.0, 1.0], &device).reshape([1, 2]);
+        let b = head.forward(fused, map, probs).into_data().try_to_vec::<f32>().unwrap();
+        for (got, want) in b.iter().zip([0.7, 0.6, 0.4, 0.5]) {
+            assert!((got - want).abs() < 1e-5, "{b:?}");
+        }
+    }
 
     #[test]
     fn moment_box_of_a_filled_rectangle_is_that_rectangle() {

@@ -12,6 +12,7 @@ pub mod projector;
 pub mod sequence;
 
 use burn::module::{Module, Param};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
 use crate::error::Result;
@@ -19,7 +20,7 @@ use crate::llm::llama::{KvCache, Llama};
 use crate::sam::mask_decoder::MaskDecoderOutput;
 use crate::sam::{LiteMedSam, INPUT_SIZE};
 use fusion::{CandidateFusion, Fused};
-use heads::{cxcywh_to_xyxy, map_features, BoxHead, ClassHead, PresenceHead, SegPrompt, Similarity, SimilarityHead};
+use heads::{cxcywh_to_xyxy, map_features, presence_logit, BoxHead, ClassHead, ContentHead, SegPrompt, Similarity, SimilarityHead};
 use knowledge::Knowledge;
 use projector::VisionProjector;
 use sequence::Layout;
@@ -55,10 +56,10 @@ impl ReasonConfig {
             candidate_embeddings: Param::from_tensor(Tensor::random([self.candidates, d], Distribution::Normal(0.0, 0.02), device)),
             projector: VisionProjector::new(self.embedding_channels, d, self.pool, device),
             fusion: CandidateFusion::new(self.candidates, d, self.hidden, device),
-            box_head: BoxHead::new(d, self.hidden, device),
+            box_head: BoxHead::new(d, self.hidden, self.classes, device),
             seg_prompt: SegPrompt::new(d, self.embedding_channels, device),
             similarity: SimilarityHead::new(d, self.embedding_channels, device),
-            presence: PresenceHead::new(d, self.hidden, device),
+            content: ContentHead::new(self.embedding_channels, self.hidden, self.classes, device),
             class: ClassHead::new(d, self.classes, device),
         }
     }
@@ -74,7 +75,7 @@ pub struct ReasoningHeads {
     pub box_head: BoxHead,
     pub seg_prompt: SegPrompt,
     pub similarity: SimilarityHead,
-    pub presence: PresenceHead,
+    pub content: ContentHead,
     pub class: ClassHead,
 }
 
@@ -87,6 +88,8 @@ pub struct Located {
     pub box_cxcywh: Tensor<2>,
     pub presence_logit: Tensor<1>,
     pub class_logits: Tensor<2>,
+    /// `[B, classes]`: which structures the image shows.
+    pub content_logits: Tensor<2>,
 }
 
 /// One question's outputs (batch 1).
@@ -101,6 +104,8 @@ pub struct ReasonOutput {
     pub presence_logit: Tensor<1>,
     /// `[1, classes]`: which known structure the question was understood as.
     pub class_logits: Tensor<2>,
+    /// `[1, classes]`: which structures the image shows.
+    pub content_logits: Tensor<2>,
     /// On the 64×64 embedding grid ("where the model looked").
     pub similarity: Similarity,
     pub decoder: MaskDecoderOutput,
@@ -140,16 +145,21 @@ impl ReasoningHeads {
         Ok(hidden.narrow(1, layout.candidate_position(0), self.candidates()))
     }
 
-    /// The heads after the LLM up to the mask decoder: fusion → similarity map → box, presence
-    /// and class. `embedding`: `[B, 256, 64, 64]`, `candidates`: `[B, K, D]`.
+    /// The heads after the LLM up to the mask decoder: fusion → class asked for, what the image
+    /// shows, similarity map → box and presence. `embedding`: `[B, 256, 64, 64]`,
+    /// `candidates`: `[B, K, D]`.
     pub fn locate(&self, embedding: Tensor<4>, candidates: Tensor<3>) -> Located {
         let fused = self.fusion.forward(candidates);
+        let class_logits = self.class.forward(fused.seg.clone());
+        let class_probs = softmax(class_logits.clone(), 1);
+        let content_logits = self.content.forward(embedding.clone());
         let similarity = self.similarity.forward(fused.seg.clone(), embedding);
         let map = map_features(similarity.logits.clone());
         Located {
-            box_cxcywh: self.box_head.forward(fused.bbox.clone(), map.clone()),
-            presence_logit: self.presence.forward(fused.seg.clone(), map),
-            class_logits: self.class.forward(fused.seg.clone()),
+            box_cxcywh: self.box_head.forward(fused.bbox.clone(), map, class_probs.clone()),
+            presence_logit: presence_logit(class_probs, content_logits.clone()),
+            class_logits,
+            content_logits,
             similarity,
             fused,
         }
@@ -157,10 +167,10 @@ impl ReasoningHeads {
 
     /// Everything after the LLM: [`Self::locate`], then the box and seg prompts → mask decoder.
     pub fn decode(&self, sam: &LiteMedSam, embedding: Tensor<4>, candidates: Tensor<3>) -> ReasonOutput {
-        let Located { fused, similarity, box_cxcywh, presence_logit, class_logits } = self.locate(embedding.clone(), candidates.clone());
+        let Located { fused, similarity, box_cxcywh, presence_logit, class_logits, content_logits } = self.locate(embedding.clone(), candidates.clone());
         let seg_token = self.seg_prompt.forward(fused.seg.clone());
         let decoder = sam.decode_boxes(embedding, cxcywh_to_xyxy(box_cxcywh.clone(), INPUT_SIZE as f64), Some(seg_token));
-        ReasonOutput { candidates, fused, similarity, box_cxcywh, presence_logit, class_logits, decoder }
+        ReasonOutput { candidates, fused, similarity, box_cxcywh, presence_logit, class_logits, content_logits, decoder }
     }
 
     /// Runs the whole graph for one image embedding (`[1, 256, 64, 64]`) and question layout.

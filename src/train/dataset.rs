@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::image::preprocess::scaled_size;
+use crate::sam::INPUT_SIZE;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -106,6 +108,23 @@ impl Dataset {
             out.entry(e.class).or_default().push(e.modality);
         }
         Ok(out)
+    }
+
+    /// Mean (cx, cy, w, h) box of every class in `split`, normalised to the padded model input:
+    /// where such a structure usually lies (the box head's anchors; the text-only baseline's whole
+    /// knowledge of where things are).
+    pub fn mean_boxes(&self, split: Split) -> BTreeMap<String, [f32; 4]> {
+        let mut sums: BTreeMap<String, ([f64; 4], usize)> = BTreeMap::new();
+        for record in self.split(split).flat_map(|i| &i.objects) {
+            let (_, _, scale) = scaled_size(record.width, record.height);
+            let [x0, y0, x1, y1] = record.bbox.map(|v| v as f64 * scale as f64 / INPUT_SIZE as f64);
+            let entry = sums.entry(record.class.clone()).or_default();
+            for (s, v) in entry.0.iter_mut().zip([(x0 + x1) / 2.0, (y0 + y1) / 2.0, x1 - x0, y1 - y0]) {
+                *s += v;
+            }
+            entry.1 += 1;
+        }
+        sums.into_iter().map(|(class, (s, n))| (class, s.map(|v| (v / n as f64) as f32))).collect()
     }
 
     /// Every (class, modality) pair annotated in train and val.

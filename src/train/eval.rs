@@ -37,6 +37,10 @@ pub struct Scores {
     pub dice: f64,
     pub box_iou: f64,
     pub box_acc50: f64,
+    /// Present-target questions answered "found", and those whose structure was understood as
+    /// the right class (the references are told the class and always answer).
+    pub found_rate: f64,
+    pub class_accuracy: f64,
     /// Questions about absent structures, and the share answered "not found".
     pub absent_questions: usize,
     pub not_found_rate: f64,
@@ -51,13 +55,16 @@ struct Accumulator {
     union: f64,
     box_iou_sum: f64,
     box_hits: usize,
+    found: usize,
+    class_hits: usize,
     absent: usize,
     not_found: usize,
 }
 
 impl Accumulator {
-    /// A present-target question: the predicted mask logits (or `None` for "not found") and box.
-    fn add_present(&mut self, pred: Option<&[f32]>, target: &[f32], pred_box: Option<[f32; 4]>, target_box: [f32; 4]) {
+    /// A present-target question: the predicted mask logits (or `None` for "not found"), box and
+    /// whether the class was understood.
+    fn add_present(&mut self, pred: Option<&[f32]>, target: &[f32], pred_box: Option<[f32; 4]>, target_box: [f32; 4], right_class: bool) {
         let (mut inter, mut union, mut p_sum, mut t_sum) = (0.0, 0.0, 0.0, 0.0);
         for (i, &t) in target.iter().enumerate() {
             let p = f64::from(u8::from(pred.is_some_and(|m| m[i] > 0.0)));
@@ -75,6 +82,8 @@ impl Accumulator {
         let iou = pred_box.map_or(0.0, |b| box_iou(b, target_box));
         self.box_iou_sum += iou;
         self.box_hits += usize::from(iou >= 0.5);
+        self.found += usize::from(pred.is_some());
+        self.class_hits += usize::from(right_class);
     }
 
     fn add_absent(&mut self, said_not_found: bool) {
@@ -91,6 +100,8 @@ impl Accumulator {
             dice: self.dice_sum / n,
             box_iou: self.box_iou_sum / n,
             box_acc50: self.box_hits as f64 / n,
+            found_rate: self.found as f64 / n,
+            class_accuracy: self.class_hits as f64 / n,
             absent_questions: self.absent,
             not_found_rate: self.not_found as f64 / self.absent.max(1) as f64,
         }
@@ -179,22 +190,6 @@ fn file_cases<'a>(data: &'a Dataset, path: &Path) -> Result<Vec<Case<'a>>> {
     Ok(cases)
 }
 
-/// Mean normalised (cx, cy, w, h) box of every class in the training split: the text-only
-/// baseline's whole knowledge of where things are.
-fn class_prior_boxes(train: &Dataset) -> BTreeMap<String, [f32; 4]> {
-    let mut sums: BTreeMap<String, ([f64; 4], usize)> = BTreeMap::new();
-    for record in train.split(Split::Train).flat_map(|i| &i.objects) {
-        let (_, _, scale) = scaled_size(record.width, record.height);
-        let [x0, y0, x1, y1] = record.bbox.map(|v| v as f64 * scale as f64 / INPUT_SIZE as f64);
-        let entry = sums.entry(record.class.clone()).or_default();
-        for (s, v) in entry.0.iter_mut().zip([(x0 + x1) / 2.0, (y0 + y1) / 2.0, x1 - x0, y1 - y0]) {
-            *s += v;
-        }
-        entry.1 += 1;
-    }
-    sums.into_iter().map(|(class, (s, n))| (class, s.map(|v| (v / n as f64) as f32))).collect()
-}
-
 /// What one model variant scored.
 struct VariantResult {
     overall: [Accumulator; 3],
@@ -212,6 +207,7 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
     images.dedup_by(|a, b| a.id == b.id);
     cache.fill(reasoner.segmenter(), &images, log)?;
     let sam = reasoner.segmenter().model();
+    let class_names = reasoner.knowledge().class_names();
     let mut result = VariantResult { overall: Default::default(), per_set: BTreeMap::new(), latency_ms: Vec::new() };
     let mut current: Option<(&str, Tensor<4>)> = None;
     for (n, case) in cases.iter().enumerate() {
@@ -226,6 +222,8 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
         let started = Instant::now();
         let out = reasoner.forward(&embedding, &clean_question(&case.question)?)?;
         let found = block_on(read_f32(out.presence_logit))?[0] > 0.0;
+        let class_logits = block_on(read_f32(out.class_logits))?;
+        let understood = class_logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
         let mask = block_on(read_f32(out.decoder.low_res_masks))?;
         let pred_box = block_on(read_f32(out.box_cxcywh))?;
         result.latency_ms.push(started.elapsed().as_secs_f64() * 1e3);
@@ -239,6 +237,7 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
             continue;
         };
         let targets = Targets::load(&data.root, record)?;
+        let right_class = understood.is_some_and(|i| class_names.get(i) == Some(&record.class));
         let target_box = xyxy(targets.box_cxcywh);
         let prior = priors.get(&record.class).copied().map(xyxy);
         let decode = |b: [f32; 4]| {
@@ -249,9 +248,9 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
         let bound_mask = decode(target_box)?;
         let model_box = found.then(|| xyxy([pred_box[0], pred_box[1], pred_box[2], pred_box[3]]));
         for acc in [&mut result.overall, per_set] {
-            acc[0].add_present(found.then_some(mask.as_slice()), &targets.mask, model_box, target_box);
-            acc[1].add_present(prior_mask.as_deref(), &targets.mask, prior, target_box);
-            acc[2].add_present(Some(&bound_mask), &targets.mask, Some(target_box), target_box);
+            acc[0].add_present(found.then_some(mask.as_slice()), &targets.mask, model_box, target_box, right_class);
+            acc[1].add_present(prior_mask.as_deref(), &targets.mask, prior, target_box, true);
+            acc[2].add_present(Some(&bound_mask), &targets.mask, Some(target_box), target_box, true);
         }
         if n % 25 == 24 || n + 1 == cases.len() {
             log(&format!("eval {variant}: {}/{} questions", n + 1, cases.len()));
@@ -270,11 +269,11 @@ fn median(values: &mut [f64]) -> f64 {
 
 fn print_table(title: &str, rows: &[(&str, Scores)]) {
     println!("\n{title}");
-    println!("{:<28} {:>5} {:>6} {:>6} {:>6} {:>7} {:>7} {:>9}", "", "n", "gIoU", "cIoU", "Dice", "boxIoU", "box@.5", "notfound");
+    println!("{:<28} {:>5} {:>6} {:>6} {:>6} {:>7} {:>7} {:>9} {:>6} {:>6}", "", "n", "gIoU", "cIoU", "Dice", "boxIoU", "box@.5", "notfound", "found", "class");
     for (name, s) in rows {
         println!(
-            "{name:<28} {:>5} {:>6.3} {:>6.3} {:>6.3} {:>7.3} {:>7.3} {:>8.1}%",
-            s.questions, s.giou, s.ciou, s.dice, s.box_iou, s.box_acc50, 100.0 * s.not_found_rate
+            "{name:<28} {:>5} {:>6.3} {:>6.3} {:>6.3} {:>7.3} {:>7.3} {:>8.1}% {:>5.1}% {:>5.1}%",
+            s.questions, s.giou, s.ciou, s.dice, s.box_iou, s.box_acc50, 100.0 * s.not_found_rate, 100.0 * s.found_rate, 100.0 * s.class_accuracy
         );
     }
 }
@@ -282,7 +281,7 @@ fn print_table(title: &str, rows: &[(&str, Scores)]) {
 pub fn evaluate(paths: &ModelPaths, config: &EvalConfig, log: &mut dyn FnMut(&str)) -> Result<serde_json::Value> {
     let data = Dataset::load(&config.data)?;
     let train = if config.data == Dataset::default_root() { data.clone() } else { Dataset::load(&Dataset::default_root())? };
-    let priors = class_prior_boxes(&train);
+    let priors = train.mean_boxes(Split::Train);
     let cases = match &config.questions {
         Some(path) => file_cases(&data, path)?,
         None => generated_cases(&data, config.split.clone(), config.seed)?,
@@ -358,21 +357,22 @@ mod tests {
     fn cumulative_and_mean_iou_differ_as_defined() {
         let mut acc = Accumulator::default();
         let b = [0.0, 0.0, 1.0, 1.0];
-        acc.add_present(Some(&[1.0, 1.0, -1.0, -1.0]), &[1.0, 1.0, 0.0, 0.0], Some(b), b); // IoU 1 (2/2)
-        acc.add_present(Some(&[1.0, -1.0, -1.0, -1.0]), &[0.0, 1.0, 1.0, 1.0], None, b); // IoU 0 (0/4)
+        acc.add_present(Some(&[1.0, 1.0, -1.0, -1.0]), &[1.0, 1.0, 0.0, 0.0], Some(b), b, true); // IoU 1 (2/2)
+        acc.add_present(Some(&[1.0, -1.0, -1.0, -1.0]), &[0.0, 1.0, 1.0, 1.0], None, b, false); // IoU 0 (0/4)
         let s = acc.scores();
         assert!((s.giou - 0.5).abs() < 1e-9);
         assert!((s.ciou - 2.0 / 6.0).abs() < 1e-9);
         assert!((s.box_acc50 - 0.5).abs() < 1e-9, "a missing box counts as a miss");
+        assert_eq!((s.found_rate, s.class_accuracy), (1.0, 0.5));
     }
 
     #[test]
     fn not_found_counts_as_an_empty_mask() {
         let mut acc = Accumulator::default();
-        acc.add_present(None, &[1.0, 0.0], None, [0.0, 0.0, 1.0, 1.0]);
+        acc.add_present(None, &[1.0, 0.0], None, [0.0, 0.0, 1.0, 1.0], true);
         acc.add_absent(true);
         acc.add_absent(false);
         let s = acc.scores();
-        assert_eq!((s.giou, s.not_found_rate, s.absent_questions), (0.0, 0.5, 2));
+        assert_eq!((s.giou, s.not_found_rate, s.absent_questions, s.found_rate), (0.0, 0.5, 2, 0.0));
     }
 }

@@ -5,6 +5,8 @@
 use burn::tensor::activation::{log_sigmoid, log_softmax, sigmoid};
 use burn::tensor::Tensor;
 
+use crate::reason::heads::cxcywh_to_xyxy;
+
 /// Mean binary cross-entropy of `logits` against 0/1 `targets`, computed stably from logits.
 pub fn bce_with_logits<const D: usize>(logits: Tensor<D>, targets: Tensor<D>) -> Tensor<1> {
     let log_p = log_sigmoid(logits.clone());
@@ -49,9 +51,10 @@ pub fn giou_loss(pred: Tensor<2>, target: Tensor<2>) -> Tensor<1> {
     -giou.mean() + 1.0
 }
 
-/// The box loss of MediSee: L1 + GIoU×2 (boxes normalised to [0, 1]).
+/// The box loss of MediSee: L1 + GIoU×2, on `[B, 4]` (cx, cy, w, h) boxes normalised to [0, 1].
 pub fn box_loss(pred: Tensor<2>, target: Tensor<2>) -> Tensor<1> {
-    (pred.clone() - target.clone()).abs().mean() + giou_loss(pred, target) * 2.0
+    let l1 = (pred.clone() - target.clone()).abs().mean();
+    l1 + giou_loss(cxcywh_to_xyxy(pred, 1.0), cxcywh_to_xyxy(target, 1.0)) * 2.0
 }
 
 #[cfg(test)]
@@ -91,6 +94,18 @@ mod tests {
         let logits = Tensor::<1>::from_floats([1.0, 2.0, 3.0], &Device::flex()).reshape([1, 3]);
         let expected = -(1.0f32 - (1.0f32.exp() + 2.0f32.exp() + 3.0f32.exp()).ln());
         assert!((scalar(cross_entropy(logits, 0)) - expected).abs() < 1e-5);
+    }
+
+    /// The head predicts (cx, cy, w, h): two boxes of the same size, half overlapping, have
+    /// L1 = |Δcx|/4 and GIoU = IoU = 1/3 (the hull is their union).
+    #[test]
+    fn box_loss_reads_centre_size_boxes() {
+        let a = t2(&[[0.3, 0.5, 0.2, 0.2]]);
+        let b = t2(&[[0.4, 0.5, 0.2, 0.2]]);
+        let expected = 0.1 / 4.0 + 2.0 * (1.0 - 1.0 / 3.0);
+        let got = scalar(box_loss(a.clone(), b));
+        assert!((got - expected).abs() < 1e-4, "{got} vs {expected}");
+        assert!(scalar(box_loss(a.clone(), a)).abs() < 1e-4);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `medsee train`: trains the reasoning heads (vision projector, candidate tokens, fusion, box,
-//! seg prompt, similarity, presence) with LiteMedSAM and SmolLM2 frozen. Gradients flow through
+//! seg prompt, similarity, class, content) with LiteMedSAM and SmolLM2 frozen. Gradients flow through
 //! the frozen LLM and mask decoder to the heads. Embeddings come from the on-disk cache; the
 //! heads are checkpointed (with the step, for resuming) and the loss curves written as CSV.
 //!
@@ -7,14 +7,17 @@
 //! are computed once (forward only, kept on disk) and the heads before the mask decoder train on
 //! them in batches. On this 2-core CPU a full step through the LLM and the decoder costs ~0.8 s
 //! per question, a warm-up step ~0.03 s per question, and the first full-run heads barely learned
-//! in 1500 steps. The full run then trains
-//! everything (vision projector and candidate embeddings too) end to end.
+//! in 1500 steps. The full run then trains everything (vision projector and candidate embeddings
+//! too) end to end. A last batched phase, the refit, recomputes the LLM states with the final
+//! projector and candidate tokens and refits the box and content heads on them (everything else
+//! frozen): those heads only read the states and the image, so they catch up cheaply with what
+//! the full run changed.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -49,6 +52,9 @@ pub struct TrainConfig {
     /// Questions whose LLM states the warm-up computes once, and warm-up steps over them.
     pub warmup_questions: usize,
     pub warmup_steps: usize,
+    /// Questions and batched steps of the refit after the full run.
+    pub refit_questions: usize,
+    pub refit_steps: usize,
     /// Where the heads, their training state and the curves go.
     pub output_dir: PathBuf,
 }
@@ -64,6 +70,8 @@ struct TrainState {
     seed: u64,
     #[serde(default)]
     warmed_up: bool,
+    #[serde(default)]
+    refitted: bool,
 }
 
 /// Images of `split`, at most `per_set` per data set, chosen deterministically.
@@ -107,10 +115,20 @@ fn question_layout(llm: &TextModel, question: &Question, config: &ReasonConfig) 
     Layout::new(&llm.tokenizer, &question.text, &history, config.vision_tokens(64), config.candidates)
 }
 
+/// Presence BCE (is the structure asked for in the image) plus the content head's multi-label
+/// BCE (which structures the image shows); both say "not found", so they share a curve.
+fn presence_loss(presence_logit: Tensor<1>, content_logits: Tensor<2>, draws: &[&Draw], device: &Device) -> Tensor<1> {
+    let b = draws.len();
+    let present: Vec<f32> = draws.iter().map(|d| if d.answer.is_some() { 1.0 } else { 0.0 }).collect();
+    let contents: Vec<f32> = draws.iter().flat_map(|d| d.contents.clone()).collect();
+    let rows = contents.len() / b;
+    bce_with_logits(presence_logit, f32_tensor(present, [b], device)) + bce_with_logits(content_logits, f32_tensor(contents, [b, rows], device))
+}
+
 /// The training losses of one answer against what was asked.
-fn answer_loss(out: ReasonOutput, answer: Option<&Answer>, device: &Device) -> StepLoss {
-    let present = f32_tensor(vec![if answer.is_some() { 1.0 } else { 0.0 }], [1], device);
-    let presence = bce_with_logits(out.presence_logit, present);
+fn answer_loss(out: ReasonOutput, draw: &Draw, device: &Device) -> StepLoss {
+    let presence = presence_loss(out.presence_logit, out.content_logits, &[draw], device);
+    let answer = draw.answer.as_ref();
     let coarse_logits = out.similarity.logits.reshape([1, 64 * 64]);
     let Some(answer) = answer else {
         // Nothing to find: the similarity map should light up nowhere.
@@ -133,6 +151,8 @@ struct Draw<'a> {
     item: &'a ImageItem,
     question: Question,
     answer: Option<Answer>,
+    /// 0/1 per class row: what the image shows (the content head's target).
+    contents: Vec<f32>,
 }
 
 /// Draws training questions deterministically from a seed.
@@ -146,22 +166,30 @@ struct Sampler<'a> {
 }
 
 impl<'a> Sampler<'a> {
+    fn row(&self, class: &str) -> Option<usize> {
+        self.class_names.iter().position(|c| c == class)
+    }
+
     fn draw(&self, seed: u64) -> Result<Draw<'a>> {
         let mut rng = SplitMix64::new(seed);
         let item = self.images[rng.below(self.images.len())];
+        let mut contents = vec![0.0; self.class_names.len()];
+        for row in item.objects.iter().filter_map(|o| self.row(&o.class)) {
+            contents[row] = 1.0;
+        }
         if rng.next_f64() < self.negative_rate {
             let question = self
                 .generator
                 .negative_for(&item.modality, &self.others, &mut rng)
                 .ok_or_else(|| Error::Other(format!("no absent-structure question for a {} image", item.modality)))?;
-            return Ok(Draw { item, question, answer: None });
+            return Ok(Draw { item, question, answer: None, contents });
         }
         let record = rng.pick(&item.objects);
         let structure =
             self.generator.knowledge().structure(&record.class).ok_or_else(|| Error::Other(format!("no knowledge for {}", record.class)))?;
-        let class = self.class_names.iter().position(|c| *c == record.class).expect("every resolvable class has a row");
+        let class = self.row(&record.class).expect("every resolvable class has a row");
         let answer = Answer { class, targets: Targets::load(&self.data.root, record)? };
-        Ok(Draw { item, question: self.generator.positive(&structure, &mut rng), answer: Some(answer) })
+        Ok(Draw { item, question: self.generator.positive(&structure, &mut rng), answer: Some(answer), contents })
     }
 }
 
@@ -214,18 +242,82 @@ impl Curves {
     }
 }
 
-/// Questions per warm-up step (the heads before the mask decoder are cheap enough to batch).
-const WARMUP_BATCH: usize = 8;
-const WARMUP_STATES: &str = "warmup-states.f32";
+/// Questions per batched step (the heads before the mask decoder are cheap enough to batch).
+const BATCH: usize = 8;
 
-/// The LLM's candidate states for the warm-up questions, computed once with the initial projector
-/// and candidate embeddings and kept on disk (a restarted run reuses them).
-fn warmup_states(heads: &ReasoningHeads, paths: &ModelPaths, sampler: &Sampler, cache: &EmbeddingCache, reason: &ReasonConfig, config: &TrainConfig, log: &mut dyn FnMut(&str)) -> Result<Vec<Vec<f32>>> {
+/// A phase over LLM candidate states computed once and kept on disk: the warm-up (from the
+/// initial heads; everything before the mask decoder trains) or the refit (from the trained
+/// heads; only the box and content heads train).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Batched {
+    WarmUp,
+    Refit,
+}
+
+impl Batched {
+    fn name(self) -> &'static str {
+        match self {
+            Batched::WarmUp => "warmup",
+            Batched::Refit => "refit",
+        }
+    }
+
+    fn questions(self, config: &TrainConfig) -> usize {
+        match self {
+            Batched::WarmUp => config.warmup_questions,
+            Batched::Refit => config.refit_questions,
+        }
+    }
+
+    fn steps(self, config: &TrainConfig) -> usize {
+        match self {
+            Batched::WarmUp => config.warmup_steps,
+            Batched::Refit => config.refit_steps,
+        }
+    }
+
+    fn seed(self, config: &TrainConfig, question: usize) -> u64 {
+        let salt = match self {
+            Batched::WarmUp => 0x5eed_0000_0000,
+            Batched::Refit => 0x7ef1_0000_0000,
+        };
+        config.seed ^ salt ^ question as u64
+    }
+
+    /// The heads with everything this phase does not train frozen.
+    fn trainable(self, heads: ReasoningHeads) -> ReasoningHeads {
+        match self {
+            Batched::WarmUp => heads,
+            Batched::Refit => ReasoningHeads {
+                candidate_embeddings: heads.candidate_embeddings.set_require_grad(false),
+                projector: heads.projector.no_grad(),
+                fusion: heads.fusion.no_grad(),
+                seg_prompt: heads.seg_prompt.no_grad(),
+                similarity: heads.similarity.no_grad(),
+                class: heads.class.no_grad(),
+                box_head: heads.box_head,
+                content: heads.content,
+            },
+        }
+    }
+}
+
+/// The LLM's candidate states for the phase's questions, computed once with the heads as they
+/// are at full-phase step `step` and kept on disk (a restarted run reuses them).
+#[allow(clippy::too_many_arguments)]
+fn candidate_states(phase: Batched, heads: &ReasoningHeads, step: usize, paths: &ModelPaths, sampler: &Sampler, cache: &EmbeddingCache, reason: &ReasonConfig, config: &TrainConfig, log: &mut dyn FnMut(&str)) -> Result<Vec<Vec<f32>>> {
     let per_question = reason.candidates * reason.llm_dim;
-    let path = config.output_dir.join(WARMUP_STATES);
+    let questions = phase.questions(config);
+    // The states belong to these draws and these heads: the name says which.
+    let path = config.output_dir.join(format!(
+        "{}-states-seed{}-images{}-questions{questions}-step{step}.f32",
+        phase.name(),
+        config.seed,
+        config.images_per_set,
+    ));
     if let Ok(bytes) = std::fs::read(&path) {
-        if bytes.len() == config.warmup_questions * per_question * 4 {
-            log(&format!("warm-up: LLM states from {}", path.display()));
+        if bytes.len() == questions * per_question * 4 {
+            log(&format!("{}: LLM states from {}", phase.name(), path.display()));
             let values: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
             return Ok(values.chunks(per_question).map(<[f32]>::to_vec).collect());
         }
@@ -233,13 +325,13 @@ fn warmup_states(heads: &ReasoningHeads, paths: &ModelPaths, sampler: &Sampler, 
     let plain = Device::flex();
     let llm = TextModel::load(&paths.converted, Variant::F32, &plain)?;
     let frozen = heads.valid();
-    let mut states = Vec::with_capacity(config.warmup_questions);
-    for i in 0..config.warmup_questions {
-        let draw = sampler.draw(warmup_seed(config, i))?;
+    let mut states = Vec::with_capacity(questions);
+    for i in 0..questions {
+        let draw = sampler.draw(phase.seed(config, i))?;
         let layout = question_layout(&llm, &draw.question, reason)?;
         states.push(block_on(read_f32(frozen.candidate_states(&llm.model, cache.load(draw.item, &plain)?, &layout)?))?);
         if i % 100 == 99 {
-            log(&format!("warm-up: LLM states of {}/{} questions", i + 1, config.warmup_questions));
+            log(&format!("{}: LLM states of {}/{questions} questions", phase.name(), i + 1));
         }
     }
     let raw: Vec<u8> = states.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
@@ -247,16 +339,12 @@ fn warmup_states(heads: &ReasoningHeads, paths: &ModelPaths, sampler: &Sampler, 
     Ok(states)
 }
 
-fn warmup_seed(config: &TrainConfig, question: usize) -> u64 {
-    config.seed ^ 0x5eed_0000_0000 ^ question as u64
-}
-
-/// The losses of a batch before the mask decoder: presence for all, the similarity map against
+/// The losses of a batch before the mask decoder: presence and content for all, the similarity map against
 /// the coarse mask (all-zero for absent targets), and box and class for present targets.
-fn located_loss(located: Located, answers: &[Option<&Answer>], device: &Device) -> StepLoss {
-    let b = answers.len();
-    let present: Vec<f32> = answers.iter().map(|a| if a.is_some() { 1.0 } else { 0.0 }).collect();
-    let presence = bce_with_logits(located.presence_logit, f32_tensor(present, [b], device));
+fn located_loss(located: Located, draws: &[&Draw], device: &Device) -> StepLoss {
+    let b = draws.len();
+    let presence = presence_loss(located.presence_logit, located.content_logits, draws, device);
+    let answers: Vec<Option<&Answer>> = draws.iter().map(|d| d.answer.as_ref()).collect();
     let coarse: Vec<f32> = answers.iter().flat_map(|a| a.map_or_else(|| vec![0.0; 64 * 64], |a| a.targets.coarse_mask.clone())).collect();
     let logits = located.similarity.logits.reshape([b, 64 * 64]);
     let mut similarity = bce_with_logits(logits.clone(), f32_tensor(coarse, [b, 64 * 64], device));
@@ -281,11 +369,12 @@ fn located_loss(located: Located, answers: &[Option<&Answer>], device: &Device) 
     StepLoss { total: boxes + similarity + presence + class, parts: [0.0, parts[0], parts[1], parts[2], parts[3]] }
 }
 
-/// The warm-up: `config.warmup_steps` batched steps of the heads before the mask decoder on the
-/// cached LLM states of `config.warmup_questions` questions.
+/// A batched phase: its steps over the cached LLM states of its questions, batches of 8.
 #[allow(clippy::too_many_arguments)]
-fn warm_up(
+fn run_batched(
+    phase: Batched,
     heads: ReasoningHeads,
+    step: usize,
     paths: &ModelPaths,
     sampler: &Sampler,
     cache: &EmbeddingCache,
@@ -294,24 +383,25 @@ fn warm_up(
     curves: &mut Curves,
     log: &mut dyn FnMut(&str),
 ) -> Result<ReasoningHeads> {
-    let states = warmup_states(&heads, paths, sampler, cache, reason, config, log)?;
-    let draws: Vec<Draw> = (0..states.len()).map(|i| sampler.draw(warmup_seed(config, i))).collect::<Result<_>>()?;
+    let states = candidate_states(phase, &heads, step, paths, sampler, cache, reason, config, log)?;
+    let draws: Vec<Draw> = (0..states.len()).map(|i| sampler.draw(phase.seed(config, i))).collect::<Result<_>>()?;
     let device = heads.candidate_embeddings.device();
-    let mut heads = heads;
+    let mut heads = phase.trainable(heads);
     let mut optim = AdamWConfig::new().with_weight_decay(1e-4).init();
+    let steps = phase.steps(config);
     curves.restart_clock(0);
-    for step in 1..=config.warmup_steps {
+    for step in 1..=steps {
         let mut rng = SplitMix64::new(config.seed ^ 0x3a3a ^ step as u64);
-        let picked: Vec<usize> = (0..WARMUP_BATCH).map(|_| rng.below(draws.len())).collect();
+        let picked: Vec<usize> = (0..BATCH).map(|_| rng.below(draws.len())).collect();
         let embeddings = picked.iter().map(|&i| cache.load(draws[i].item, &device)).collect::<Result<Vec<_>>>()?;
         let values: Vec<f32> = picked.iter().flat_map(|&i| states[i].clone()).collect();
-        let candidates = f32_tensor(values, [WARMUP_BATCH, reason.candidates, reason.llm_dim], &device);
+        let candidates = f32_tensor(values, [BATCH, reason.candidates, reason.llm_dim], &device);
         let located = heads.locate(Tensor::cat(embeddings, 0), candidates);
-        let answers: Vec<Option<&Answer>> = picked.iter().map(|&i| draws[i].answer.as_ref()).collect();
-        let loss = located_loss(located, &answers, &device);
+        let batch: Vec<&Draw> = picked.iter().map(|&i| &draws[i]).collect();
+        let loss = located_loss(located, &batch, &device);
         let grads = GradientsParams::from_grads(loss.total.backward(), &heads);
         heads = optim.step(config.learning_rate, heads, grads);
-        curves.record("warmup", step, config.warmup_steps, &loss, answers.iter().all(Option::is_some), log)?;
+        curves.record(phase.name(), step, steps, &loss, batch.iter().all(|d| d.answer.is_some()), log)?;
     }
     Ok(heads)
 }
@@ -337,7 +427,36 @@ fn plot_curves(csv: &std::path::Path) -> Result<Vec<u8>> {
             (*name, points.collect())
         })
         .collect();
-    super::chart::line_chart("MEDSEE TRAINING LOSSES (MEAN OF 100)", "QUESTIONS", &series)
+    super::chart::line_chart("MEDSEE TRAINING LOSSES (MEAN OF 100 ROWS)", "ROWS: WARM-UP BATCHES OF 8, THEN QUESTIONS", &series)
+}
+
+/// The box anchors `[classes, 4]`: each class's mean training box, in class-row order (a class
+/// with no training box gets the centred half-size box).
+fn anchors(data: &Dataset, class_names: &[String], device: &Device) -> Tensor<2> {
+    let means = data.mean_boxes(Split::Train);
+    let values: Vec<f32> = class_names.iter().flat_map(|c| means.get(c).copied().unwrap_or([0.5; 4])).collect();
+    f32_tensor(values, [class_names.len(), 4], device)
+}
+
+/// Loads a checkpoint into freshly initialised heads. A checkpoint from before a head was added
+/// lacks its tensors: they keep their initialisation (and are named in the log).
+fn resume_heads(heads: ReasoningHeads, bytes: Vec<u8>, log: &mut dyn FnMut(&str)) -> Result<ReasoningHeads> {
+    use burn::store::{BurnpackStore, ModuleSnapshot};
+    let mut heads = heads;
+    let mut store = BurnpackStore::from_bytes(Some(burn::tensor::Bytes::from_bytes_vec(bytes))).allow_partial(true);
+    let result = heads.load_from(&mut store).map_err(|e| Error::weights(HEADS_FILE, format!("cannot resume from it ({e})")))?;
+    if !result.errors.is_empty() {
+        return Err(Error::weights(HEADS_FILE, format!("does not fit the heads: {:?}", result.errors)));
+    }
+    if !result.missing.is_empty() {
+        let names: Vec<&str> = result.missing.iter().map(|(path, _)| path.as_str()).collect();
+        log(&format!("resume: new in these heads, freshly initialised: {}", names.join(", ")));
+        if names.contains(&"box_head.anchors") {
+            // Its box correction was trained against another base: restart it from the anchor.
+            heads.box_head = heads.box_head.without_correction();
+        }
+    }
+    Ok(heads)
 }
 
 /// Trains (or resumes training) until `config.steps`.
@@ -365,15 +484,16 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
                 .and_then(|t| serde_json::from_str(&t).ok())
                 .unwrap_or_default();
             log(&format!("resuming from {} at step {}", heads_path.display(), state.step));
-            (weights::load_record(reason.init(&device), HEADS_FILE, bytes)?, state)
+            (resume_heads(reason.init(&device), bytes, log)?, state)
         }
         Err(_) => {
             // A seeded start: the warm-up's cached LLM states depend on the initial projector and
             // candidate embeddings.
             device.seed(config.seed);
-            (reason.init(&device), TrainState { step: 0, seed: config.seed, warmed_up: false })
+            (reason.init(&device), TrainState { step: 0, seed: config.seed, warmed_up: false, refitted: false })
         }
     };
+    heads.box_head.anchors = Param::from_tensor(anchors(&data, &Knowledge::load()?.class_names(), &device)).set_require_grad(false);
     let generator = QuestionGenerator::new(Knowledge::load()?, Phrasings::Train);
     let sampler = Sampler {
         data: &data,
@@ -393,7 +513,7 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
     };
 
     if !state.warmed_up && config.warmup_steps > 0 {
-        heads = warm_up(heads, paths, &sampler, &cache, &reason, config, &mut curves, log)?;
+        heads = run_batched(Batched::WarmUp, heads, state.step, paths, &sampler, &cache, &reason, config, &mut curves, log)?;
         state.warmed_up = true;
         save(&heads, &state)?;
     }
@@ -407,7 +527,7 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         let draw = sampler.draw(state.seed ^ (state.step as u64).wrapping_mul(0x9e37_79b9))?;
         let layout = question_layout(&llm, &draw.question, &reason)?;
         let out = heads.forward(&sam, &llm.model, cache.load(draw.item, &device)?, &layout)?;
-        let loss = answer_loss(out, draw.answer.as_ref(), &device);
+        let loss = answer_loss(out, &draw, &device);
         let grads = GradientsParams::from_grads(loss.total.backward(), &heads);
         heads = optim.step(learning_rate(config.learning_rate, state.step, config.steps), heads, grads);
         state.step += 1;
@@ -415,6 +535,11 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         if state.step % config.checkpoint_every == 0 || state.step == config.steps {
             save(&heads, &state)?;
         }
+    }
+    if !state.refitted && config.refit_steps > 0 {
+        heads = run_batched(Batched::Refit, heads, state.step, paths, &sampler, &cache, &reason, config, &mut curves, log)?;
+        state.refitted = true;
+        save(&heads, &state)?;
     }
     crate::weights::store::write_atomic(&plot_path, &plot_curves(&curves_path)?)?;
     log(&format!("done: {} ({} steps), curves in {} and {}", heads_path.display(), state.step, curves_path.display(), plot_path.display()));
