@@ -256,7 +256,7 @@ impl<'a> Gguf<'a> {
             if dims[0] % per_block != 0 {
                 return Err(bad(format!("{name}: row length {} is not a multiple of the block size {per_block}", dims[0])));
             }
-            let byte_len = values / per_block * block_bytes;
+            let byte_len = (values / per_block).checked_mul(block_bytes).ok_or_else(|| bad(format!("{name}: size overflows")))?;
             tensors.push(TensorInfo { name, dims, kind, offset, byte_len });
         }
         let alignment = match metadata.get("general.alignment") {
