@@ -119,8 +119,7 @@ impl BoxHead {
     /// `fused`: `[B, D]`, `map`: [`map_features`], `class_probs`: `[B, classes]` → `[B, 4]`.
     pub fn forward(&self, fused: Tensor<2>, map: Tensor<2>, class_probs: Tensor<2>) -> Tensor<2> {
         let anchor = class_probs.matmul(self.anchors.val()).clamp(1e-3, 1.0 - 1e-3);
-        let anchor_logit = (anchor.clone() / (-anchor + 1.0)).log();
-        sigmoid(anchor_logit + self.mlp.forward(Tensor::cat(vec![fused, map], 1)))
+        sigmoid(logit(anchor) + self.mlp.forward(Tensor::cat(vec![fused, map], 1)))
     }
 }
 
@@ -173,7 +172,11 @@ impl ContentHead {
 /// Logit that the structure asked for is in the image: `P = Σ_c P(asked c) · P(image shows c)`.
 pub fn presence_logit(class_probs: Tensor<2>, content_logits: Tensor<2>) -> Tensor<1> {
     let [b, _] = class_probs.dims();
-    let p = (class_probs * sigmoid(content_logits)).sum_dim(1).reshape([b]).clamp(1e-6, 1.0 - 1e-6);
+    logit((class_probs * sigmoid(content_logits)).sum_dim(1).reshape([b]).clamp(1e-6, 1.0 - 1e-6))
+}
+
+/// The inverse of the sigmoid, for probabilities already kept away from 0 and 1.
+fn logit<const D: usize>(p: Tensor<D>) -> Tensor<D> {
     (p.clone() / (-p + 1.0)).log()
 }
 
