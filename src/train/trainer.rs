@@ -441,9 +441,12 @@ fn anchors(data: &Dataset, class_names: &[String], device: &Device) -> Tensor<2>
 /// Loads a checkpoint into freshly initialised heads. A checkpoint from before a head was added
 /// lacks its tensors: they keep their initialisation (and are named in the log).
 fn resume_heads(heads: ReasoningHeads, bytes: Vec<u8>, log: &mut dyn FnMut(&str)) -> Result<ReasoningHeads> {
-    use burn::store::{BurnpackStore, ModuleSnapshot};
+    use burn::store::{BurnpackStore, FloatCastAdapter, ModuleSnapshot};
+    use burn::tensor::DType;
     let mut heads = heads;
-    let mut store = BurnpackStore::from_bytes(Some(burn::tensor::Bytes::from_bytes_vec(bytes))).allow_partial(true);
+    let mut store = BurnpackStore::from_bytes(Some(burn::tensor::Bytes::from_bytes_vec(bytes)))
+        .with_from_adapter(FloatCastAdapter::to(DType::F32))
+        .allow_partial(true);
     let result = heads.load_from(&mut store).map_err(|e| Error::weights(HEADS_FILE, format!("cannot resume from it ({e})")))?;
     if !result.errors.is_empty() {
         return Err(Error::weights(HEADS_FILE, format!("does not fit the heads: {:?}", result.errors)));
@@ -508,7 +511,7 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
     let plot_path = config.output_dir.join(CURVES_PLOT);
     let save = |heads: &ReasoningHeads, state: &TrainState| -> Result<()> {
         crate::weights::store::write_atomic(&plot_path, &plot_curves(&curves_path)?)?;
-        crate::weights::store::write_atomic(&heads_path, &weights::record_bytes(heads.valid())?)?;
+        crate::weights::store::write_atomic(&heads_path, &weights::half_record_bytes(&heads.valid())?)?;
         crate::weights::store::write_atomic(&state_path, serde_json::to_string(state).expect("state").as_bytes())
     };
 
@@ -541,7 +544,8 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         state.refitted = true;
         save(&heads, &state)?;
     }
-    crate::weights::store::write_atomic(&plot_path, &plot_curves(&curves_path)?)?;
+    // Saved again so that a finished run rewritten by a newer medsee gets the current format.
+    save(&heads, &state)?;
     log(&format!("done: {} ({} steps), curves in {} and {}", heads_path.display(), state.step, curves_path.display(), plot_path.display()));
     Ok(())
 }

@@ -15,8 +15,8 @@ pub mod store;
 use std::fmt;
 
 use burn::module::Module;
-use burn::store::ModuleRecord;
-use burn::tensor::Bytes;
+use burn::store::{BurnpackStore, FloatCastAdapter, ModuleSnapshot};
+use burn::tensor::{Bytes, DType};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -88,20 +88,32 @@ pub fn verify(file: &str, bytes: &[u8], size: u64, sha256: &str) -> Result<()> {
 }
 
 /// Loads burnpack bytes into `module` (its shapes must match exactly), reporting problems as
-/// errors that name `file` instead of panicking. Quantised weights are expanded to f32 for
-/// compute (see [`quantize::dequantize_weights`]).
-pub fn load_record<M: Module>(module: M, file: &str, bytes: Vec<u8>) -> Result<M> {
-    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
-        .map_err(|e| Error::weights(file, format!("not a valid burnpack record ({e})")))?;
-    let module = module
-        .try_load_record(record)
-        .map_err(|e| Error::weights(file, format!("does not fit the model ({e})")))?;
+/// errors that name `file` instead of panicking. Half-precision tensors are widened to f32 and
+/// quantised weights expanded to f32 for compute (see [`quantize::dequantize_weights`]).
+pub fn load_record<M: Module>(mut module: M, file: &str, bytes: Vec<u8>) -> Result<M> {
+    let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes))).with_from_adapter(FloatCastAdapter::to(DType::F32));
+    let result = module
+        .load_from(&mut store)
+        .map_err(|e| Error::weights(file, format!("not a valid burnpack record for this model ({e})")))?;
+    if !result.unused.is_empty() {
+        let names = result.unused.join(", ");
+        return Err(Error::weights(file, format!("holds tensors this model does not have ({names}); is it the right file?")));
+    }
     Ok(quantize::dequantize_weights(module))
 }
 
 /// Serialises a module as burnpack bytes.
 pub fn record_bytes<M: Module>(module: M) -> Result<Vec<u8>> {
     let bytes = module.into_record().into_bytes().map_err(|e| Error::Other(format!("cannot serialise weights: {e}")))?;
+    Ok(bytes.to_vec())
+}
+
+/// Serialises a module as burnpack bytes with every float tensor in half precision: half the
+/// size, for small trained modules whose f16 rounding is checked against f32 (see `medsee eval`).
+pub fn half_record_bytes<M: Module>(module: &M) -> Result<Vec<u8>> {
+    let mut store = BurnpackStore::from_bytes(None).with_to_adapter(FloatCastAdapter::to(DType::F16));
+    module.save_into(&mut store).map_err(|e| Error::Other(format!("cannot serialise weights: {e}")))?;
+    let bytes = store.get_bytes().map_err(|e| Error::Other(format!("cannot serialise weights: {e}")))?;
     Ok(bytes.to_vec())
 }
 
