@@ -69,9 +69,14 @@ pub fn decode_dicom(bytes: &[u8], window: Option<Window>) -> Result<DicomImage> 
         return Err(Error::Image(format!("the DICOM file holds {frames} frames; medsee reads single images — export one slice or frame")));
     }
     let modality = object.element(tags::MODALITY).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim().to_string());
-    // dicom-rs's RLE decoder indexes past the end of some corrupt segments (found by the fuzz
-    // smoke test); natively that panic becomes this error. wasm cannot unwind, so there it still
-    // aborts the worker (noted for upstream).
+    if object.meta().transfer_syntax() == RLE_LOSSLESS {
+        let read_u16 = |tag, name: &str| read_u32(tag, name).map(|v| v as usize);
+        let segments = read_u16(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel")? * read_u16(tags::BITS_ALLOCATED, "BitsAllocated")?.div_ceil(8);
+        let fragments = object.element(tags::PIXEL_DATA).ok().and_then(|e| e.value().fragments()).unwrap_or(&[]);
+        check_rle_fragments(fragments, rows as usize * columns as usize, segments)?;
+    }
+    // Natively, a panic in a decoder we have not hardened against becomes an error (wasm cannot
+    // unwind, which is why the RLE data is checked above rather than trusted to this).
     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| object.decode_pixel_data()))
         .map_err(|_| Error::Image("DICOM: the compressed pixel data is corrupt".into()))?;
     let pixels = decoded.map_err(|e| dicom_error("pixel data could not be decoded", e))?;
@@ -86,6 +91,63 @@ pub fn decode_dicom(bytes: &[u8], window: Option<Window>) -> Result<DicomImage> 
     let rgb = decoded.to_rgb8();
     let image = RgbImage::new(rgb.width(), rgb.height(), rgb.into_raw())?;
     Ok(DicomImage { image, file_window, applied_window, modality })
+}
+
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+
+/// Checks RLE Lossless frames (DICOM PS3.5 Annex G) before dicom-rs decodes them: its decoder
+/// indexes past the end of a segment table that is cut short or claims too many segments, and of
+/// a segment that decodes to fewer bytes than the image has pixels (both found by fuzzing).
+/// `segments` is how many the image needs: samples per pixel × bytes per sample.
+fn check_rle_fragments(fragments: &[Vec<u8>], pixels: usize, segments: usize) -> Result<()> {
+    const HEADER_BYTES: usize = 64; // segment count + 15 offsets, all u32
+    let corrupt = |why: String| Error::Image(format!("DICOM: the RLE-compressed pixel data is corrupt ({why})"));
+    for fragment in fragments {
+        if fragment.len() < HEADER_BYTES {
+            return Err(corrupt(format!("a frame of {} bytes cannot hold the 64-byte segment table", fragment.len())));
+        }
+        let word = |i: usize| u32::from_le_bytes([fragment[4 * i], fragment[4 * i + 1], fragment[4 * i + 2], fragment[4 * i + 3]]) as usize;
+        let count = word(0);
+        if !(segments..=15).contains(&count) {
+            return Err(corrupt(format!("the segment table lists {count} segments; this image needs {segments}")));
+        }
+        let mut bounds: Vec<usize> = (1..=count).map(word).collect();
+        bounds.push(fragment.len());
+        for pair in bounds.windows(2).take(segments) {
+            let segment = fragment.get(pair[0]..pair[1]).ok_or_else(|| corrupt("a segment lies outside the frame".into()))?;
+            let decoded = packbits_decoded_len(segment);
+            if decoded < pixels {
+                return Err(corrupt(format!("a segment decodes to {decoded} bytes for {pixels} pixels")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many bytes a PackBits segment expands to, read the way dicom-rs reads it: a literal run
+/// cut off by the segment's end counts only the bytes present; a repeat without its byte ends it.
+fn packbits_decoded_len(segment: &[u8]) -> usize {
+    let (mut at, mut decoded) = (0, 0);
+    while at < segment.len() {
+        let header = segment[at] as i8;
+        at += 1;
+        match header {
+            -128 => {}
+            repeat if repeat < 0 => {
+                if at == segment.len() {
+                    break;
+                }
+                decoded += (1 - repeat as isize) as usize;
+                at += 1;
+            }
+            literal => {
+                let run = literal as usize + 1;
+                decoded += run.min(segment.len() - at);
+                at += run;
+            }
+        }
+    }
+    decoded
 }
 
 #[cfg(test)]
@@ -187,6 +249,48 @@ pub(crate) mod tests {
         assert!(message(&bytes).contains("no pixel data"), "{}", message(&bytes));
         for cut in [132, good.len() / 2, good.len() - 3] {
             assert!(matches!(decode_dicom(&good[..cut], None), Err(Error::Image(_))), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn packbits_lengths_follow_the_format() {
+        // Apple's PackBits example (TN1023): 15 bytes expand to 24.
+        let encoded = [0xFE, 0xAA, 0x02, 0x80, 0x00, 0x2A, 0xFD, 0xAA, 0x03, 0x80, 0x00, 0x2A, 0x22, 0xF7, 0xAA];
+        assert_eq!(packbits_decoded_len(&encoded), 24);
+        assert_eq!(packbits_decoded_len(&encoded[..14]), 14, "a repeat without its byte ends the segment");
+        assert_eq!(packbits_decoded_len(&[0x05, 1, 2]), 2, "a literal cut short counts what is there");
+        assert_eq!(packbits_decoded_len(&[0x80, 0x80]), 0, "-128 is a no-op");
+    }
+
+    #[test]
+    fn corrupt_rle_frames_are_refused_before_decoding() {
+        use dicom_core::value::{PixelFragmentSequence, Value};
+        let original = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dicom/ct_rle.dcm")).unwrap();
+        let with_frame = |edit: &dyn Fn(&mut Vec<u8>)| -> Vec<u8> {
+            let mut object = OpenFileOptions::new().read_preamble(ReadPreamble::Auto).from_reader(Cursor::new(&original)).unwrap();
+            let mut frame = object.element(tags::PIXEL_DATA).unwrap().value().fragments().unwrap()[0].clone();
+            edit(&mut frame);
+            let sequence = Value::PixelSequence(PixelFragmentSequence::new(Vec::<u32>::new(), vec![frame]));
+            object.put(DataElement::new(tags::PIXEL_DATA, VR::OB, sequence));
+            let mut bytes = Vec::new();
+            object.write_all(&mut bytes).unwrap();
+            bytes
+        };
+        assert!(decode_dicom(&with_frame(&|_| {}), None).is_ok(), "the untouched frame decodes");
+        let set_word = |frame: &mut Vec<u8>, index: usize, value: u32| frame[4 * index..4 * index + 4].copy_from_slice(&value.to_le_bytes());
+        let corruptions: [(&str, &dyn Fn(&mut Vec<u8>)); 6] = [
+            ("cut inside the table", &|f| f.truncate(40)),
+            ("too many segments", &|f| set_word(f, 0, 200)),
+            ("no segments", &|f| set_word(f, 0, 0)),
+            ("offset past the end", &|f| set_word(f, 1, 10_000_000)),
+            ("offsets reversed", &|f| set_word(f, 2, 8)),
+            ("segments cut short", &|f| f.truncate(68)),
+        ];
+        for (name, corrupt) in corruptions {
+            match decode_dicom(&with_frame(corrupt), None) {
+                Err(Error::Image(message)) => assert!(message.contains("RLE-compressed pixel data is corrupt"), "{name}: {message}"),
+                other => panic!("{name}: {:?}", other.map(|d| d.image.width)),
+            }
         }
     }
 }
