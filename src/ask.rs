@@ -3,6 +3,7 @@
 //! evaluation and (through `web`) the page.
 
 use burn::tensor::activation::softmax;
+use burn::tensor::Tensor;
 
 use crate::error::{Error, Result};
 use crate::image::{Mask, PixelBox, RgbImage};
@@ -12,7 +13,7 @@ use crate::llm::TextModel;
 use crate::reason::heads::cxcywh_to_xyxy;
 use crate::reason::knowledge::{Knowledge, Structure};
 use crate::reason::sequence::Layout;
-use crate::reason::{ReasonConfig, ReasonOutput, ReasoningHeads};
+use crate::reason::{Located, ReasonConfig, ReasonOutput, ReasoningHeads};
 use crate::sam::{postprocess_masks, INPUT_SIZE};
 use crate::segment::{read_f32, BoxSegmenter, ImageEmbedding};
 use crate::weights;
@@ -76,6 +77,8 @@ pub struct Answer {
     /// The mask in COCO's uncompressed RLE (`size`, `counts`).
     pub mask_rle: serde_json::Value,
     pub structure: Option<Understood>,
+    /// Whether the seg prompt token went to the mask decoder with the box (the class gate).
+    pub seg_token: bool,
     /// Candidate fusion weights (`[SEG]`, `[BBOX]`, extra candidates…) of the mask and box branches.
     pub seg_weights: Vec<f32>,
     pub box_weights: Vec<f32>,
@@ -135,19 +138,35 @@ impl Reasoner {
         self.segmenter.encode(image)
     }
 
-    /// The reasoning graph's raw outputs for a (clean) question; for evaluation.
-    pub fn forward(&self, embedding: &ImageEmbedding, question: &str) -> Result<ReasonOutput> {
+    /// The reasoning graph's raw outputs for a (clean) question: one LLM pass, the heads, and
+    /// the mask decoder with the seg token where the class gate wants it.
+    pub async fn forward(&self, embedding: &ImageEmbedding, question: &str) -> Result<ReasonOutput> {
+        let (candidates, located) = self.locate(embedding, question)?;
+        let seg_token = read_f32(self.heads.seg_token_weight(located.class_logits.clone())).await?[0] >= 0.5;
+        Ok(self.decode(embedding, candidates, located, seg_token))
+    }
+
+    /// The graph up to the mask decoder: one LLM pass over the question with the image's vision
+    /// tokens, then the heads. Returns the candidate states and what the heads located.
+    pub fn locate(&self, embedding: &ImageEmbedding, question: &str) -> Result<(Tensor<3>, Located)> {
         let layout = Layout::new(&self.llm.tokenizer, question, &[], self.config.vision_tokens(64), self.config.candidates)?;
         if layout.len() > self.llm.config.max_sequence {
             return Err(Error::Prompt(format!("the question is too long for the language model ({} tokens)", layout.len())));
         }
-        self.heads.forward(self.segmenter.model(), &self.llm.model, embedding.tensor.clone(), &layout)
+        let candidates = self.heads.candidate_states(&self.llm.model, embedding.tensor.clone(), &layout)?;
+        let located = self.heads.locate(embedding.tensor.clone(), candidates.clone());
+        Ok((candidates, located))
+    }
+
+    /// The mask decoder on what [`Self::locate`] found, with or without the seg prompt token.
+    pub fn decode(&self, embedding: &ImageEmbedding, candidates: Tensor<3>, located: Located, seg_token: bool) -> ReasonOutput {
+        self.heads.decode(self.segmenter.model(), embedding.tensor.clone(), candidates, located, seg_token)
     }
 
     /// Answers `question` about the encoded image: mask, box, presence, fusion weights, heat map.
     pub async fn ask(&self, embedding: &ImageEmbedding, question: &str) -> Result<Answer> {
         let question = clean_question(question)?;
-        let out = self.forward(embedding, &question)?;
+        let out = self.forward(embedding, &question).await?;
         let (width, height) = embedding.original_size;
         let presence = sigmoid(read_f32(out.presence_logit).await?[0]);
         let found = presence > 0.5;
@@ -161,6 +180,7 @@ impl Reasoner {
                 let s = self.knowledge.structure(&self.classes[i])?;
                 Some(Understood { class: s.class.clone(), name: s.name(), confidence: p })
             });
+        let seg_token = out.seg_token;
         let seg_weights = read_f32(out.fused.seg_weights).await?;
         let box_weights = read_f32(out.fused.box_weights).await?;
         let (sw, sh) = embedding.scaled_size;
@@ -177,7 +197,7 @@ impl Reasoner {
         } else {
             (Mask { width, height, data: vec![0; width as usize * height as usize] }, None)
         };
-        Ok(Answer { question, found, presence, bbox, score, mask_area: mask.area(), mask_rle: mask.coco_rle(), structure, seg_weights, box_weights, mask, heatmap })
+        Ok(Answer { question, found, presence, bbox, score, mask_area: mask.area(), mask_rle: mask.coco_rle(), structure, seg_token, seg_weights, box_weights, mask, heatmap })
     }
 
     /// The explanation of `answer`, streamed piece by piece to `on_text` (return false to stop).

@@ -85,6 +85,9 @@ enum Command {
         /// Batched steps of the box and content heads on those states after the full run (0: no refit).
         #[arg(long, default_value_t = 2000)]
         refit_steps: usize,
+        /// Held-out training images per data set on which the seg-token gate is calibrated (0: keep the token everywhere).
+        #[arg(long, default_value_t = 10)]
+        calibration_images_per_set: usize,
         /// Output folder (heads, state, curves, embedding cache).
         #[arg(long, default_value = "models/train")]
         out: PathBuf,
@@ -410,7 +413,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("results → {} and {}", json.display(), chart.display());
             Ok(())
         }
-        Command::Train { steps, lr, seed, images_per_set, negative_rate, checkpoint_every, warmup_questions, warmup_steps, refit_questions, refit_steps, out } => {
+        Command::Train { steps, lr, seed, images_per_set, negative_rate, checkpoint_every, warmup_questions, warmup_steps, refit_questions, refit_steps, calibration_images_per_set, out } => {
             let config = medsee::train::trainer::TrainConfig {
                 steps,
                 learning_rate: lr,
@@ -422,6 +425,7 @@ fn run(cli: Cli) -> Result<()> {
                 warmup_steps,
                 refit_questions,
                 refit_steps,
+                calibration_images_per_set,
                 output_dir: out,
             };
             medsee::train::trainer::train(&paths, &config, &mut |line| println!("train: {line}"))

@@ -90,5 +90,6 @@ fn the_shipped_heads_find_the_asked_structure_on_held_out_images() {
     assert!(mean >= SHIPPED_HEADS_MIN_MEAN_IOU, "mean IoU {mean:.3} < {SHIPPED_HEADS_MIN_MEAN_IOU} ({ious:?})");
 }
 
-/// Measured mean IoU of the committed heads on the six golden cases (0.377 on 2026-11-22), minus 0.1.
-const SHIPPED_HEADS_MIN_MEAN_IOU: f64 = 0.27;
+/// Measured mean IoU of the committed heads on the six golden cases (0.341 on 2026-11-22, with
+/// the calibrated seg-token gate), minus 0.1.
+const SHIPPED_HEADS_MIN_MEAN_IOU: f64 = 0.24;

@@ -61,6 +61,7 @@ impl ReasonConfig {
             similarity: SimilarityHead::new(d, self.embedding_channels, device),
             content: ContentHead::new(self.embedding_channels, self.hidden, self.classes, device),
             class: ClassHead::new(d, self.classes, device),
+            seg_gate: Param::from_tensor(Tensor::ones([self.classes], device)).set_require_grad(false),
         }
     }
 }
@@ -77,6 +78,10 @@ pub struct ReasoningHeads {
     pub similarity: SimilarityHead,
     pub content: ContentHead,
     pub class: ClassHead,
+    /// `[classes]`: 1 where the seg prompt token helps LiteMedSAM's decoder on that class, 0 where
+    /// the box prompt alone does better. Set after training by a calibration on training images
+    /// the heads never saw (`train::calibrate`); all 1 — MediSee's graph — until then.
+    pub seg_gate: Param<Tensor<1>>,
 }
 
 /// What the heads after the LLM find before the mask decoder runs (any batch size).
@@ -108,6 +113,8 @@ pub struct ReasonOutput {
     pub content_logits: Tensor<2>,
     /// On the 64×64 embedding grid ("where the model looked").
     pub similarity: Similarity,
+    /// Whether the seg prompt token went to the mask decoder (see [`ReasoningHeads::seg_gate`]).
+    pub seg_token: bool,
     pub decoder: MaskDecoderOutput,
 }
 
@@ -165,18 +172,27 @@ impl ReasoningHeads {
         }
     }
 
-    /// Everything after the LLM: [`Self::locate`], then the box and seg prompts → mask decoder.
-    pub fn decode(&self, sam: &LiteMedSam, embedding: Tensor<4>, candidates: Tensor<3>) -> ReasonOutput {
-        let Located { fused, similarity, box_cxcywh, presence_logit, class_logits, content_logits } = self.locate(embedding.clone(), candidates.clone());
-        let seg_token = self.seg_prompt.forward(fused.seg.clone());
-        let decoder = sam.decode_boxes(embedding, cxcywh_to_xyxy(box_cxcywh.clone(), INPUT_SIZE as f64), Some(seg_token));
-        ReasonOutput { candidates, fused, similarity, box_cxcywh, presence_logit, class_logits, content_logits, decoder }
+    /// How much the structure asked for wants the seg token, `[B]`: the class gates weighted by
+    /// the class head's probabilities (≥ 0.5: send it).
+    pub fn seg_token_weight(&self, class_logits: Tensor<2>) -> Tensor<1> {
+        let [b, _] = class_logits.dims();
+        softmax(class_logits, 1).matmul(self.seg_gate.val().unsqueeze_dim(1)).reshape([b])
     }
 
-    /// Runs the whole graph for one image embedding (`[1, 256, 64, 64]`) and question layout.
+    /// The box prompt and, with `seg_token`, the seg prompt token → LiteMedSAM's mask decoder.
+    pub fn decode(&self, sam: &LiteMedSam, embedding: Tensor<4>, candidates: Tensor<3>, located: Located, seg_token: bool) -> ReasonOutput {
+        let Located { fused, similarity, box_cxcywh, presence_logit, class_logits, content_logits } = located;
+        let prompt = seg_token.then(|| self.seg_prompt.forward(fused.seg.clone()));
+        let decoder = sam.decode_boxes(embedding, cxcywh_to_xyxy(box_cxcywh.clone(), INPUT_SIZE as f64), prompt);
+        ReasonOutput { candidates, fused, similarity, box_cxcywh, presence_logit, class_logits, content_logits, seg_token, decoder }
+    }
+
+    /// The training graph for one image embedding (`[1, 256, 64, 64]`) and question layout: the
+    /// seg token always goes to the decoder (the gate is set after training).
     pub fn forward(&self, sam: &LiteMedSam, llm: &Llama, embedding: Tensor<4>, layout: &Layout) -> Result<ReasonOutput> {
         let candidates = self.candidate_states(llm, embedding.clone(), layout)?;
-        Ok(self.decode(sam, embedding, candidates))
+        let located = self.locate(embedding.clone(), candidates.clone());
+        Ok(self.decode(sam, embedding, candidates, located, true))
     }
 }
 
@@ -237,5 +253,25 @@ mod tests {
         assert_eq!(out.class_logits.dims(), [1, 5]);
         // The seg token is appended after the two box corners: 1 IoU + 4 mask + 2 corners + 1 = 8 tokens.
         assert_eq!(out.decoder.tokens.dims(), [1, 8, 256]);
+    }
+
+    #[test]
+    fn the_class_gate_decides_whether_the_seg_token_is_sent() {
+        let (device, sam, llm, mut heads, layout, embedding) = setup();
+        heads.seg_gate = Param::from_tensor(Tensor::from_floats([1.0, 0.0, 0.0, 1.0, 0.0], &device));
+        let sure_of = |class: usize| {
+            let logits: Vec<f32> = (0..5).map(|c| if c == class { 20.0 } else { 0.0 }).collect();
+            Tensor::<1>::from_floats(logits.as_slice(), &device).reshape([1, 5])
+        };
+        let weight = |class: usize| heads.seg_token_weight(sure_of(class)).into_scalar::<f32>();
+        assert!(weight(0) > 0.99 && weight(3) > 0.99 && weight(1) < 0.01, "{} {} {}", weight(0), weight(3), weight(1));
+        let candidates = heads.candidate_states(&llm, embedding.clone(), &layout).unwrap();
+        let located = heads.locate(embedding.clone(), candidates.clone());
+        let without = heads.decode(&sam, embedding.clone(), candidates.clone(), located.clone(), false);
+        assert!(!without.seg_token);
+        assert_eq!(without.decoder.tokens.dims(), [1, 7, 256], "IoU + 4 mask tokens + 2 box corners, no seg token");
+        let with = heads.decode(&sam, embedding, candidates, located, true);
+        assert!(with.seg_token);
+        assert_eq!(with.decoder.tokens.dims(), [1, 8, 256]);
     }
 }

@@ -65,17 +65,10 @@ impl Accumulator {
     /// A present-target question: the predicted mask logits (or `None` for "not found"), box and
     /// whether the class was understood.
     fn add_present(&mut self, pred: Option<&[f32]>, target: &[f32], pred_box: Option<[f32; 4]>, target_box: [f32; 4], right_class: bool) {
-        let (mut inter, mut union, mut p_sum, mut t_sum) = (0.0, 0.0, 0.0, 0.0);
-        for (i, &t) in target.iter().enumerate() {
-            let p = f64::from(u8::from(pred.is_some_and(|m| m[i] > 0.0)));
-            let t = t as f64;
-            inter += p * t;
-            union += (p + t - p * t).min(1.0);
-            p_sum += p;
-            t_sum += t;
-        }
+        let overlap = Overlap::of(pred, target);
+        let Overlap { inter, union, p_sum, t_sum } = overlap;
         self.n += 1;
-        self.iou_sum += if union > 0.0 { inter / union } else { 1.0 };
+        self.iou_sum += overlap.iou();
         self.dice_sum += if p_sum + t_sum > 0.0 { 2.0 * inter / (p_sum + t_sum) } else { 1.0 };
         self.inter += inter;
         self.union += union;
@@ -106,6 +99,39 @@ impl Accumulator {
             not_found_rate: self.not_found as f64 / self.absent.max(1) as f64,
         }
     }
+}
+
+/// How a predicted mask (logits > 0; `None`: empty) overlaps a 0/1 target, in pixels.
+struct Overlap {
+    inter: f64,
+    union: f64,
+    p_sum: f64,
+    t_sum: f64,
+}
+
+impl Overlap {
+    fn of(pred: Option<&[f32]>, target: &[f32]) -> Self {
+        let mut o = Overlap { inter: 0.0, union: 0.0, p_sum: 0.0, t_sum: 0.0 };
+        for (i, &t) in target.iter().enumerate() {
+            let p = f64::from(u8::from(pred.is_some_and(|m| m[i] > 0.0)));
+            let t = t as f64;
+            o.inter += p * t;
+            o.union += (p + t - p * t).min(1.0);
+            o.p_sum += p;
+            o.t_sum += t;
+        }
+        o
+    }
+
+    /// 1 when both masks are empty.
+    fn iou(&self) -> f64 {
+        if self.union > 0.0 { self.inter / self.union } else { 1.0 }
+    }
+}
+
+/// IoU of predicted mask logits with a 0/1 target (1 when both are empty).
+pub fn mask_iou(pred: &[f32], target: &[f32]) -> f64 {
+    Overlap::of(Some(pred), target).iou()
 }
 
 /// IoU of two (x0, y0, x1, y1) boxes.
@@ -220,7 +246,7 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
         let embedding = ImageEmbedding { tensor: tensor.clone(), scaled_size: (sw, sh), original_size: (first.width, first.height), scale };
         let set = case.item.id.split('/').next().unwrap_or_default().to_string();
         let started = Instant::now();
-        let out = reasoner.forward(&embedding, &clean_question(&case.question)?)?;
+        let out = block_on(reasoner.forward(&embedding, &clean_question(&case.question)?))?;
         let found = block_on(read_f32(out.presence_logit))?[0] > 0.0;
         let class_logits = block_on(read_f32(out.class_logits))?;
         let understood = class_logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);

@@ -2,6 +2,7 @@
 //! the generator of implicit, explicit, follow-up and negative questions.
 
 pub mod cache;
+pub mod calibrate;
 pub mod chart;
 pub mod dataset;
 pub mod eval;

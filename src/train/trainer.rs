@@ -11,7 +11,8 @@
 //! too) end to end. A last batched phase, the refit, recomputes the LLM states with the final
 //! projector and candidate tokens and refits the box and content heads on them (everything else
 //! frozen): those heads only read the states and the image, so they catch up cheaply with what
-//! the full run changed.
+//! the full run changed. Last, the seg-token gate is calibrated per class on training images the
+//! heads never saw ([`super::calibrate`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,6 +25,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use futures_lite::future::block_on;
 
 use super::cache::EmbeddingCache;
+use super::calibrate;
+use crate::ask::Reasoner;
 use super::dataset::{Dataset, ImageItem, Split};
 use crate::reason::knowledge::Knowledge;
 use super::losses::{bce_with_logits, box_loss, cross_entropy, dice_loss, mask_loss};
@@ -55,6 +58,8 @@ pub struct TrainConfig {
     /// Questions and batched steps of the refit after the full run.
     pub refit_questions: usize,
     pub refit_steps: usize,
+    /// Held-out training images per data set for the seg-token gate (see [`super::calibrate`]).
+    pub calibration_images_per_set: usize,
     /// Where the heads, their training state and the curves go.
     pub output_dir: PathBuf,
 }
@@ -72,6 +77,8 @@ struct TrainState {
     warmed_up: bool,
     #[serde(default)]
     refitted: bool,
+    #[serde(default)]
+    calibrated: bool,
 }
 
 /// Images of `split`, at most `per_set` per data set, chosen deterministically.
@@ -297,6 +304,7 @@ impl Batched {
                 class: heads.class.no_grad(),
                 box_head: heads.box_head,
                 content: heads.content,
+                seg_gate: heads.seg_gate,
             },
         }
     }
@@ -493,7 +501,7 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
             // A seeded start: the warm-up's cached LLM states depend on the initial projector and
             // candidate embeddings.
             device.seed(config.seed);
-            (reason.init(&device), TrainState { step: 0, seed: config.seed, warmed_up: false, refitted: false })
+            (reason.init(&device), TrainState { step: 0, seed: config.seed, ..TrainState::default() })
         }
     };
     heads.box_head.anchors = Param::from_tensor(anchors(&data, &Knowledge::load()?.class_names(), &device)).set_require_grad(false);
@@ -543,6 +551,21 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         heads = run_batched(Batched::Refit, heads, state.step, paths, &sampler, &cache, &reason, config, &mut curves, log)?;
         state.refitted = true;
         save(&heads, &state)?;
+    }
+    if !state.calibrated && config.calibration_images_per_set > 0 {
+        drop(llm);
+        save(&heads, &state)?; // the calibration reads the heads as they will ship
+        let reasoner = Reasoner::load(paths, Variant::F32, Some(&heads_path))?;
+        let images = calibrate::held_out_images(&data, config.images_per_set, config.seed, config.calibration_images_per_set);
+        log(&format!("calibrate: seg-token gate on {} held-out training images", images.len()));
+        let evidence = calibrate::gate_evidence(&reasoner, &data, &images, &cache, config.seed, log)?;
+        let class_names = reasoner.knowledge().class_names();
+        let gates = calibrate::gate_values(&class_names, &evidence);
+        for line in calibrate::describe(&class_names, &evidence, &gates) {
+            log(&format!("calibrate: {line}"));
+        }
+        heads.seg_gate = Param::from_tensor(Tensor::<1>::from_floats(gates.as_slice(), &device)).set_require_grad(false);
+        state.calibrated = true;
     }
     // Saved again so that a finished run rewritten by a newer medsee gets the current format.
     save(&heads, &state)?;
