@@ -4,15 +4,12 @@
 // check the weights now come from the browser cache. Screenshots go to $ARTIFACTS.
 //
 // usage: node tests/browser/run.mjs   (after scripts/build-web.sh and `medsee convert`)
-import { chromium } from 'playwright-core';
-import { spawn, execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import assert from 'node:assert/strict';
+import { root, startServer, launchBrowser } from './harness.mjs';
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const artifacts = process.env.ARTIFACTS ?? join(root, 'target', 'browser-artifacts');
 mkdirSync(artifacts, { recursive: true });
 const medseeBin = process.env.MEDSEE_BIN;
@@ -22,15 +19,6 @@ const fixture = join(root, 'tests/fixtures/litemedsam/dermoscopy_lesion');
 const image = join(fixture, 'input.png');
 const box = JSON.parse(readFileSync(join(fixture, 'case.json'), 'utf8')).box256.map(Math.round);
 const question = 'Where is the skin lesion the doctor worried about?';
-
-function startServer() {
-  const port = 18000 + Math.floor(Math.random() * 1000);
-  const server = spawn('/usr/bin/python3', [join(root, 'scripts/serve.py'), '--port', String(port), '--quiet'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  return new Promise((ok, fail) => {
-    server.stdout.on('data', (chunk) => { if (String(chunk).includes('http://127.0.0.1')) ok({ server, url: `http://127.0.0.1:${port}/` }); });
-    server.on('exit', (code) => fail(new Error(`server exited with ${code}`)));
-  });
-}
 
 // Mask decoded from a PNG by the page itself, so both masks go through the same decoder.
 async function pngMask(page, path) {
@@ -83,14 +71,7 @@ async function segmentInPage(page) {
 }
 
 const { server, url } = await startServer();
-const userDataDir = mkdtempSync(join(tmpdir(), 'medsee-chromium-'));
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  acceptDownloads: true,
-  args: ['--no-sandbox', '--disable-gpu-sandbox', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--disable-quic'],
-});
+const context = await launchBrowser();
 const requests = [];
 let bench = null;
 let failures = 0;
