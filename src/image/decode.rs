@@ -70,7 +70,7 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
         DynamicImage::ImageLuma8(_) | DynamicImage::ImageLumaA8(_) | DynamicImage::ImageRgb8(_) | DynamicImage::ImageRgba8(_) => {
             decoded.to_rgb8().into_raw()
         }
-        wide => rescale_to_u8(&wide.to_rgb32f().into_raw()),
+        wide => rescale_wide(&wide),
     };
     RgbImage::new(width, height, pixels)
 }
@@ -82,14 +82,38 @@ fn ends_with_jpeg_eoi(bytes: &[u8]) -> bool {
     matches!((last([0xFF, 0xD9]), last([0xFF, 0xDA])), (Some(eoi), Some(sos)) if eoi > sos)
 }
 
-/// Linear min-max map of samples to 0..255, rounding to nearest.
-fn rescale_to_u8(samples: &[f32]) -> Vec<u8> {
-    let (lo, hi) = samples.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    if !(hi > lo) {
-        return vec![0; samples.len()];
+/// RGB of an image with more than 8 bits per sample, min-max scaled to 0..255. Read straight from
+/// the decoded samples: an f32 copy of a large 16-bit image would take 6× its decoded size (found
+/// by fuzzing: 3 GB for a 16k × 16k gray PNG).
+fn rescale_wide(image: &DynamicImage) -> Vec<u8> {
+    match image {
+        DynamicImage::ImageLuma16(b) => rescale_to_u8(b.as_raw(), 1, 1),
+        DynamicImage::ImageLumaA16(b) => rescale_to_u8(b.as_raw(), 2, 1),
+        DynamicImage::ImageRgb16(b) => rescale_to_u8(b.as_raw(), 3, 3),
+        DynamicImage::ImageRgba16(b) => rescale_to_u8(b.as_raw(), 4, 3),
+        DynamicImage::ImageRgb32F(b) => rescale_to_u8(b.as_raw(), 3, 3),
+        DynamicImage::ImageRgba32F(b) => rescale_to_u8(b.as_raw(), 4, 3),
+        other => rescale_to_u8(other.to_rgb32f().as_raw(), 3, 3),
     }
-    let scale = 255.0 / (hi as f64 - lo as f64);
-    samples.iter().map(|&v| ((v as f64 - lo as f64) * scale).round() as u8).collect()
+}
+
+/// Linear min-max map to 0..255 (rounding to nearest) of pixels of `stride` samples whose first
+/// `colors` (1: gray, 3: RGB) are colour; alpha is ignored, gray is repeated over R, G and B.
+fn rescale_to_u8<T: Copy + Into<f64>>(samples: &[T], stride: usize, colors: usize) -> Vec<u8> {
+    let colour = || samples.chunks_exact(stride).flat_map(|pixel| pixel[..colors].iter().map(|&v| v.into()));
+    let (lo, hi) = colour().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let scale = if hi > lo { 255.0 / (hi - lo) } else { 0.0 };
+    let mut out = Vec::with_capacity(samples.len() / stride * 3);
+    for v in colour() {
+        // NaN (possible in float images) maps to 0, as `as u8` saturates.
+        let byte = ((v - lo) * scale).round() as u8;
+        if colors == 1 {
+            out.extend([byte; 3]);
+        } else {
+            out.push(byte);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -110,6 +134,31 @@ mod tests {
         let reds: Vec<u8> = image.pixels.chunks(3).map(|p| p[0]).collect();
         assert_eq!(reds, vec![0, 85, 170, 255]);
         assert!(image.pixels.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]));
+    }
+
+    /// The conversion that reads the decoded samples directly gives what converting the whole
+    /// image to f32 RGB first gave (±1 for rounding), alpha ignored, gray repeated.
+    #[test]
+    fn wide_images_scale_like_their_f32_rgb() {
+        let mut rng = crate::rng::SplitMix64::new(5);
+        let mut sample = || (rng.next_u64() % 60_000) as u16 + 1_000;
+        let (w, h) = (7, 5);
+        let wide16 = |channels: usize, sample: &mut dyn FnMut() -> u16| (0..w * h * channels).map(|_| sample()).collect::<Vec<u16>>();
+        let images = [
+            DynamicImage::ImageLuma16(ImageBuffer::from_raw(w as u32, h as u32, wide16(1, &mut sample)).unwrap()),
+            DynamicImage::ImageLumaA16(ImageBuffer::from_raw(w as u32, h as u32, wide16(2, &mut sample)).unwrap()),
+            DynamicImage::ImageRgb16(ImageBuffer::from_raw(w as u32, h as u32, wide16(3, &mut sample)).unwrap()),
+            DynamicImage::ImageRgba16(ImageBuffer::from_raw(w as u32, h as u32, wide16(4, &mut sample)).unwrap()),
+        ];
+        for image in images {
+            let floats = image.to_rgb32f().into_raw();
+            let (lo, hi) = floats.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            let expected: Vec<u8> = floats.iter().map(|&v| ((v - lo) as f64 * 255.0 / (hi - lo) as f64).round() as u8).collect();
+            let actual = rescale_wide(&image);
+            assert_eq!(actual.len(), expected.len(), "{:?}", image.color());
+            assert!(actual.iter().zip(&expected).all(|(a, e)| a.abs_diff(*e) <= 1), "{:?}", image.color());
+            assert_eq!((actual.iter().min(), actual.iter().max()), (Some(&0), Some(&255)), "{:?}", image.color());
+        }
     }
 
     #[test]
