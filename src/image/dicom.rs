@@ -46,6 +46,7 @@ pub fn decode_dicom(bytes: &[u8], window: Option<Window>) -> Result<DicomImage> 
             return Err(Error::Prompt(format!("window width must be a positive number (got centre {}, width {})", w.center, w.width)));
         }
     }
+    check_declared_lengths(bytes)?;
     let object = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Auto)
         .from_reader(Cursor::new(bytes))
@@ -91,6 +92,95 @@ pub fn decode_dicom(bytes: &[u8], window: Option<Window>) -> Result<DicomImage> 
     let rgb = decoded.to_rgb8();
     let image = RgbImage::new(rgb.width(), rgb.height(), rgb.into_raw())?;
     Ok(DicomImage { image, file_window, applied_window, modality })
+}
+
+const IMPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2";
+const EXPLICIT_VR_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
+const DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1.99";
+
+/// Walks the element headers and refuses a value length larger than what is left of the file.
+/// dicom-rs allocates (and zero-fills) a value's declared length before reading it, so a 34 kB
+/// corrupt file could make it take 2.4 GB (found by fuzzing); in the page that memory would stay
+/// with the worker for good. Big-endian and deflated data sets are left to dicom-rs.
+fn check_declared_lengths(bytes: &[u8]) -> Result<()> {
+    let start = if bytes.get(128..132) == Some(b"DICM") { 132 } else { 4 };
+    let mut walker = HeaderWalker { bytes, at: start, explicit_vr: true, in_fragments: false };
+    // The file meta group is always explicit VR little endian; it names the data set's syntax.
+    let mut transfer_syntax = String::new();
+    while walker.at + 4 <= bytes.len() && u16::from_le_bytes([bytes[walker.at], bytes[walker.at + 1]]) == 0x0002 {
+        let (tag, value) = walker.next()?;
+        if tag == (0x0002, 0x0010) {
+            transfer_syntax = String::from_utf8_lossy(value).trim_end_matches(['\0', ' ']).to_string();
+        }
+    }
+    if transfer_syntax == EXPLICIT_VR_BIG_ENDIAN || transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN {
+        return Ok(());
+    }
+    walker.explicit_vr = transfer_syntax != IMPLICIT_VR_LITTLE_ENDIAN;
+    while walker.at + 8 <= bytes.len() {
+        walker.next()?;
+    }
+    Ok(())
+}
+
+/// A linear walk over little-endian element headers: sequences and items are stepped into
+/// (their elements follow), the fragments of encapsulated pixel data are stepped over.
+struct HeaderWalker<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    explicit_vr: bool,
+    in_fragments: bool,
+}
+
+impl<'a> HeaderWalker<'a> {
+    /// The next header's tag and the value it is followed by (empty for containers).
+    fn next(&mut self) -> Result<((u16, u16), &'a [u8])> {
+        const UNDEFINED: usize = 0xFFFF_FFFF;
+        let bytes = self.bytes;
+        let u16_at = |i: usize| bytes.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+        let u32_at = |i: usize| bytes.get(i..i + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+        let cut = || Error::Image("DICOM file could not be read: it ends inside an element header (truncated?)".into());
+        let tag = (u16_at(self.at).ok_or_else(cut)?, u16_at(self.at + 2).ok_or_else(cut)?);
+        let (header, length, container) = if tag.0 == 0xFFFE {
+            // Item and delimiters: a 4-byte length, no VR. A fragment's bytes are skipped; an
+            // item of a sequence holds elements.
+            (8, u32_at(self.at + 4).ok_or_else(cut)?, !self.in_fragments)
+        } else if self.explicit_vr {
+            let vr = bytes.get(self.at + 4..self.at + 6).ok_or_else(cut)?;
+            let long = matches!(vr, b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"UC" | b"UN" | b"UR" | b"UT" | b"SV" | b"UV");
+            if long {
+                (12, u32_at(self.at + 8).ok_or_else(cut)?, vr == b"SQ")
+            } else {
+                (8, u16_at(self.at + 6).ok_or_else(cut)? as usize, false)
+            }
+        } else {
+            (8, u32_at(self.at + 4).ok_or_else(cut)?, false)
+        };
+        self.at += header;
+        if tag == (0xFFFE, 0xE0DD) {
+            self.in_fragments = false;
+        }
+        if length == UNDEFINED {
+            // A sequence, or encapsulated pixel data: what follows is items up to a delimiter.
+            if tag.0 == 0x7FE0 {
+                self.in_fragments = true;
+            }
+            return Ok((tag, &[]));
+        }
+        let left = bytes.len() - self.at;
+        if length > left {
+            return Err(Error::Image(format!(
+                "DICOM file could not be read: element ({:04X},{:04X}) declares {length} bytes but only {left} are left (corrupt or truncated file)",
+                tag.0, tag.1
+            )));
+        }
+        if container {
+            return Ok((tag, &[]));
+        }
+        let value = &bytes[self.at..self.at + length];
+        self.at += length;
+        Ok((tag, value))
+    }
 }
 
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
@@ -292,5 +382,24 @@ pub(crate) mod tests {
                 other => panic!("{name}: {:?}", other.map(|d| d.image.width)),
             }
         }
+    }
+
+    #[test]
+    fn a_value_longer_than_the_file_is_refused_before_allocating_it() {
+        let good = synthetic_ct(&[0, 1, 2, 3], 2, None, vec![]);
+        let pixel_header = good.windows(4).rposition(|w| w == [0xE0, 0x7F, 0x10, 0x00]).unwrap();
+        let mut huge = good.clone();
+        huge[pixel_header + 8..pixel_header + 12].copy_from_slice(&0x7FFF_FFF0u32.to_le_bytes());
+        let message = decode_dicom(&huge, None).unwrap_err().to_string();
+        assert!(message.contains("(7FE0,0010) declares 2147483632 bytes"), "{message}");
+    }
+
+    #[test]
+    fn sequences_are_walked_into_not_over() {
+        use dicom_core::value::DataSetSequence;
+        let item = InMemDicomObject::from_element_iter([DataElement::new(tags::CODE_VALUE, VR::SH, PrimitiveValue::from("T-D0050"))]);
+        let sequence = DataElement::new(tags::ANATOMIC_REGION_SEQUENCE, VR::SQ, DataSetSequence::from(vec![item]));
+        let bytes = synthetic_ct(&[0, 1, 2, 3], 2, None, vec![sequence]);
+        assert!(decode_dicom(&bytes, None).is_ok());
     }
 }
