@@ -147,11 +147,13 @@ impl<'a> HeaderWalker<'a> {
             (8, u32_at(self.at + 4).ok_or_else(cut)?, !self.in_fragments)
         } else if self.explicit_vr {
             let vr = bytes.get(self.at + 4..self.at + 6).ok_or_else(cut)?;
-            let long = matches!(vr, b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"UC" | b"UN" | b"UR" | b"UT" | b"SV" | b"UV");
-            if long {
-                (12, u32_at(self.at + 8).ok_or_else(cut)?, vr == b"SQ")
-            } else {
+            // The VRs with a 2-byte length; any other, unknown ones included (dicom-rs reads
+            // those as UN), has 2 reserved bytes and a 4-byte length.
+            let short = [b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"];
+            if short.iter().any(|s| s.as_slice() == vr) {
                 (8, u16_at(self.at + 6).ok_or_else(cut)? as usize, false)
+            } else {
+                (12, u32_at(self.at + 8).ok_or_else(cut)?, vr == b"SQ")
             }
         } else {
             (8, u32_at(self.at + 4).ok_or_else(cut)?, false)
@@ -392,6 +394,12 @@ pub(crate) mod tests {
         huge[pixel_header + 8..pixel_header + 12].copy_from_slice(&0x7FFF_FFF0u32.to_le_bytes());
         let message = decode_dicom(&huge, None).unwrap_err().to_string();
         assert!(message.contains("(7FE0,0010) declares 2147483632 bytes"), "{message}");
+        // An unknown VR is read with a 4-byte length, as dicom-rs reads it.
+        let rows_header = good.windows(6).position(|w| w == [0x28, 0x00, 0x10, 0x00, b'U', b'S']).unwrap();
+        let mut odd_vr = good.clone();
+        odd_vr[rows_header + 4..rows_header + 6].copy_from_slice(b"\0'");
+        let message = decode_dicom(&odd_vr, None).unwrap_err().to_string();
+        assert!(message.contains("(0028,0010) declares"), "{message}");
     }
 
     #[test]
