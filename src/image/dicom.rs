@@ -101,10 +101,10 @@ const DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1.99";
 /// Walks the element headers and refuses a value length larger than what is left of the file.
 /// dicom-rs allocates (and zero-fills) a value's declared length before reading it, so a 34 kB
 /// corrupt file could make it take 2.4 GB (found by fuzzing); in the page that memory would stay
-/// with the worker for good. Big-endian and deflated data sets are left to dicom-rs.
+/// with the worker for good. Deflated data sets (which medsee does not read) are left to dicom-rs.
 fn check_declared_lengths(bytes: &[u8]) -> Result<()> {
     let start = if bytes.get(128..132) == Some(b"DICM") { 132 } else { 4 };
-    let mut walker = HeaderWalker { bytes, at: start, explicit_vr: true, in_fragments: false };
+    let mut walker = HeaderWalker { bytes, at: start, explicit_vr: true, big_endian: false, in_fragments: false };
     // The file meta group is always explicit VR little endian; it names the data set's syntax.
     let mut transfer_syntax = String::new();
     while walker.at + 4 <= bytes.len() && u16::from_le_bytes([bytes[walker.at], bytes[walker.at + 1]]) == 0x0002 {
@@ -113,22 +113,24 @@ fn check_declared_lengths(bytes: &[u8]) -> Result<()> {
             transfer_syntax = String::from_utf8_lossy(value).trim_end_matches(['\0', ' ']).to_string();
         }
     }
-    if transfer_syntax == EXPLICIT_VR_BIG_ENDIAN || transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN {
+    if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN {
         return Ok(());
     }
     walker.explicit_vr = transfer_syntax != IMPLICIT_VR_LITTLE_ENDIAN;
+    walker.big_endian = transfer_syntax == EXPLICIT_VR_BIG_ENDIAN;
     while walker.at + 8 <= bytes.len() {
         walker.next()?;
     }
     Ok(())
 }
 
-/// A linear walk over little-endian element headers: sequences and items are stepped into
-/// (their elements follow), the fragments of encapsulated pixel data are stepped over.
+/// A linear walk over element headers: sequences and items are stepped into (their elements
+/// follow), the fragments of encapsulated pixel data are stepped over.
 struct HeaderWalker<'a> {
     bytes: &'a [u8],
     at: usize,
     explicit_vr: bool,
+    big_endian: bool,
     in_fragments: bool,
 }
 
@@ -137,8 +139,11 @@ impl<'a> HeaderWalker<'a> {
     fn next(&mut self) -> Result<((u16, u16), &'a [u8])> {
         const UNDEFINED: usize = 0xFFFF_FFFF;
         let bytes = self.bytes;
-        let u16_at = |i: usize| bytes.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-        let u32_at = |i: usize| bytes.get(i..i + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+        let big = self.big_endian;
+        let u16_at = |i: usize| bytes.get(i..i + 2).map(|b| if big { u16::from_be_bytes([b[0], b[1]]) } else { u16::from_le_bytes([b[0], b[1]]) });
+        let u32_at = |i: usize| {
+            bytes.get(i..i + 4).map(|b| if big { u32::from_be_bytes([b[0], b[1], b[2], b[3]]) } else { u32::from_le_bytes([b[0], b[1], b[2], b[3]]) } as usize)
+        };
         let cut = || Error::Image("DICOM file could not be read: it ends inside an element header (truncated?)".into());
         let tag = (u16_at(self.at).ok_or_else(cut)?, u16_at(self.at + 2).ok_or_else(cut)?);
         let (header, length, container) = if tag.0 == 0xFFFE {
@@ -409,5 +414,19 @@ pub(crate) mod tests {
         let sequence = DataElement::new(tags::ANATOMIC_REGION_SEQUENCE, VR::SQ, DataSetSequence::from(vec![item]));
         let bytes = synthetic_ct(&[0, 1, 2, 3], 2, None, vec![sequence]);
         assert!(decode_dicom(&bytes, None).is_ok());
+    }
+
+    #[test]
+    fn big_endian_files_are_walked_with_their_byte_order() {
+        let le = synthetic_ct(&[0, 500, 1000].map(stored), 3, None, vec![]);
+        let mut object = OpenFileOptions::new().read_preamble(ReadPreamble::Auto).from_reader(Cursor::new(&le)).unwrap();
+        object.meta_mut().transfer_syntax = EXPLICIT_VR_BIG_ENDIAN.to_string();
+        let mut be = Vec::new();
+        object.write_all(&mut be).unwrap();
+        assert_eq!(grays(&decode_dicom(&be, None).unwrap().image), vec![0, 128, 255]);
+        let pixel_header = be.windows(6).rposition(|w| w == [0x7F, 0xE0, 0x00, 0x10, b'O', b'W']).unwrap();
+        be[pixel_header + 8..pixel_header + 12].copy_from_slice(&0x7FFF_FFF0u32.to_be_bytes());
+        let message = decode_dicom(&be, None).unwrap_err().to_string();
+        assert!(message.contains("(7FE0,0010) declares 2147483632 bytes"), "{message}");
     }
 }
