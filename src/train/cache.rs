@@ -9,7 +9,8 @@ use futures_lite::future::block_on;
 use super::dataset::ImageItem;
 use crate::error::{Error, Result};
 use crate::image::decode_image;
-use crate::segment::{read_f32, BoxSegmenter};
+use crate::image::preprocess::scaled_size;
+use crate::segment::{read_f32, BoxSegmenter, ImageEmbedding};
 
 const CHANNELS: usize = 256;
 const SIDE: usize = 64;
@@ -53,5 +54,14 @@ impl EmbeddingCache {
         }
         let values: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         Ok(Tensor::<1>::from_data(TensorData::new(values, [CHANNELS * SIDE * SIDE]), device).reshape([1, CHANNELS, SIDE, SIDE]))
+    }
+
+    /// The cached embedding of an item with the image geometry answers are mapped back through
+    /// (every record of an item has the image's size).
+    pub fn load_embedding(&self, item: &ImageItem, device: &Device) -> Result<ImageEmbedding> {
+        let tensor = self.load(item, device)?;
+        let first = item.objects.first().ok_or_else(|| Error::Other(format!("{}: no annotated object", item.id)))?;
+        let (width, height, scale) = scaled_size(first.width, first.height);
+        Ok(ImageEmbedding { tensor, scaled_size: (width, height), original_size: (first.width, first.height), scale })
     }
 }

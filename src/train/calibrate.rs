@@ -17,15 +17,15 @@ use super::targets::Targets;
 use super::trainer::select_images;
 use crate::ask::{clean_question, Reasoner};
 use crate::error::Result;
-use crate::image::preprocess::scaled_size;
 use crate::rng::SplitMix64;
-use crate::segment::{read_f32, ImageEmbedding};
+use crate::segment::read_f32;
 
 /// A class decides for itself with at least this many calibration questions; classes with
 /// fewer follow the decision pooled over all questions.
 pub const MIN_QUESTIONS_PER_CLASS: usize = 4;
 
-/// Mean mask IoU of one class's calibration questions with and without the seg token.
+/// Mask IoU of one class's calibration questions with and without the seg token, summed over
+/// its `questions`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GateEvidence {
     pub questions: usize,
@@ -34,10 +34,10 @@ pub struct GateEvidence {
 }
 
 impl GateEvidence {
-    fn add(&mut self, with_token: f64, without_token: f64) {
-        self.questions += 1;
-        self.with_token += with_token;
-        self.without_token += without_token;
+    fn add(&mut self, other: &GateEvidence) {
+        self.questions += other.questions;
+        self.with_token += other.with_token;
+        self.without_token += other.without_token;
     }
 
     fn mean(&self) -> (f64, f64) {
@@ -56,9 +56,7 @@ impl GateEvidence {
 pub fn gate_values(class_names: &[String], evidence: &BTreeMap<String, GateEvidence>) -> Vec<f32> {
     let mut pooled = GateEvidence::default();
     for e in evidence.values() {
-        pooled.questions += e.questions;
-        pooled.with_token += e.with_token;
-        pooled.without_token += e.without_token;
+        pooled.add(e);
     }
     let open = |keep: bool| if keep { 1.0 } else { 0.0 };
     class_names
@@ -95,11 +93,9 @@ pub fn gate_evidence(reasoner: &Reasoner, data: &Dataset, images: &[&ImageItem],
     let mut rng = SplitMix64::new(seed);
     let mut evidence: BTreeMap<String, GateEvidence> = BTreeMap::new();
     for (n, item) in images.iter().enumerate() {
-        let tensor = cache.load(item, &device)?;
+        let embedding = cache.load_embedding(item, &device)?;
         for record in &item.objects {
             let Some(structure) = generator.knowledge().structure(&record.class) else { continue };
-            let (width, height, scale) = scaled_size(record.width, record.height);
-            let embedding = ImageEmbedding { tensor: tensor.clone(), scaled_size: (width, height), original_size: (record.width, record.height), scale };
             let question = clean_question(&generator.positive(&structure, &mut rng).text)?;
             let (candidates, located) = reasoner.locate(&embedding, &question)?;
             let target = Targets::load(&data.root, record)?;
@@ -108,7 +104,7 @@ pub fn gate_evidence(reasoner: &Reasoner, data: &Dataset, images: &[&ImageItem],
                 Ok(mask_iou(&block_on(read_f32(out.decoder.low_res_masks))?, &target.mask))
             };
             let (with_token, without_token) = (iou(true)?, iou(false)?);
-            evidence.entry(record.class.clone()).or_default().add(with_token, without_token);
+            evidence.entry(record.class.clone()).or_default().add(&GateEvidence { questions: 1, with_token, without_token });
         }
         if n % 10 == 9 || n + 1 == images.len() {
             log(&format!("calibrate: {}/{} images", n + 1, images.len()));

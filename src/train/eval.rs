@@ -21,7 +21,6 @@ use super::questions::{Phrasings, QuestionGenerator};
 use super::targets::Targets;
 use crate::ask::{clean_question, Reasoner};
 use crate::error::{Error, Result};
-use crate::image::preprocess::scaled_size;
 use crate::reason::knowledge::Knowledge;
 use crate::rng::SplitMix64;
 use crate::sam::INPUT_SIZE;
@@ -235,18 +234,16 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
     let sam = reasoner.segmenter().model();
     let class_names = reasoner.knowledge().class_names();
     let mut result = VariantResult { overall: Default::default(), per_set: BTreeMap::new(), latency_ms: Vec::new() };
-    let mut current: Option<(&str, Tensor<4>)> = None;
+    let mut current: Option<(&str, ImageEmbedding)> = None;
     for (n, case) in cases.iter().enumerate() {
         if current.as_ref().map(|c| c.0) != Some(case.item.id.as_str()) {
-            current = Some((&case.item.id, cache.load(case.item, &device)?));
+            current = Some((&case.item.id, cache.load_embedding(case.item, &device)?));
         }
-        let tensor = current.as_ref().expect("set above").1.clone();
-        let first = case.item.objects.first().expect("an image has objects");
-        let (sw, sh, scale) = scaled_size(first.width, first.height);
-        let embedding = ImageEmbedding { tensor: tensor.clone(), scaled_size: (sw, sh), original_size: (first.width, first.height), scale };
+        let embedding = &current.as_ref().expect("set above").1;
+        let tensor = embedding.tensor.clone();
         let set = case.item.id.split('/').next().unwrap_or_default().to_string();
         let started = Instant::now();
-        let out = block_on(reasoner.forward(&embedding, &clean_question(&case.question)?))?;
+        let out = block_on(reasoner.forward(embedding, &clean_question(&case.question)?))?;
         let found = block_on(read_f32(out.presence_logit))?[0] > 0.0;
         let class_logits = block_on(read_f32(out.class_logits))?;
         let understood = class_logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
