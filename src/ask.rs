@@ -129,6 +129,10 @@ impl Reasoner {
         &self.segmenter
     }
 
+    pub fn text_model(&self) -> &TextModel {
+        &self.llm
+    }
+
     pub fn knowledge(&self) -> &Knowledge {
         &self.knowledge
     }

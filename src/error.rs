@@ -12,6 +12,9 @@ pub enum Error {
     Weights { file: String, reason: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// The compute device failed or computed wrong values (on WebGPU: the page falls back to the CPU).
+    #[error("the compute device failed: {0}")]
+    Device(String),
     #[error("{0}")]
     Other(String),
 }

@@ -118,6 +118,13 @@ enum Command {
         #[arg(long, default_value = "benches/results/eval.json")]
         json: PathBuf,
     },
+    /// Check that this build reproduces `models/device-check.json` (the check the page runs on
+    /// WebGPU before using it): a fixed image and question through the q8 model on the CPU.
+    DeviceCheck {
+        /// Write the reference file from this run instead of comparing with it.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
     /// Benchmarks that print a table and write JSON.
     Bench {
         #[command(subcommand)]
@@ -430,8 +437,30 @@ fn run(cli: Cli) -> Result<()> {
             };
             medsee::train::trainer::train(&paths, &config, &mut |line| println!("train: {line}"))
         }
+        Command::DeviceCheck { write } => device_check(&paths, write.as_deref()),
         Command::Bench { which } => bench::run(which, &paths, cli.threads),
     }
+}
+
+fn device_check(paths: &ModelPaths, write: Option<&Path>) -> Result<()> {
+    use medsee::device_check::DeviceCheck;
+    let reasoner = medsee::Reasoner::load(paths, Variant::Q8, None)?;
+    if let Some(out) = write {
+        let measured = futures_lite::future::block_on(DeviceCheck::measure(&reasoner, None))?;
+        let text = serde_json::to_string(&measured).expect("json") + "\n";
+        std::fs::write(out, text).map_err(|e| Error::io(out, e))?;
+        println!("device check reference → {}", out.display());
+        return Ok(());
+    }
+    let reference = DeviceCheck::reference()?;
+    let measured = futures_lite::future::block_on(DeviceCheck::measure(&reasoner, Some(&reference)))?;
+    let report = reference.compare(&measured);
+    println!("{}", report.describe());
+    if !report.passed() {
+        return Err(Error::Device(format!("the CPU does not reproduce the reference: {}", report.describe())));
+    }
+    println!("device check passed");
+    Ok(())
 }
 
 fn main() -> ExitCode {

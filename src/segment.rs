@@ -1,6 +1,7 @@
 //! Box-prompted segmentation: image → embedding (once) → box → mask. The engine shared by the
 //! CLI, the benchmarks and (through `web`) the page.
 
+use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{Error, Result};
@@ -57,6 +58,11 @@ impl BoxSegmenter {
         Self::from_record_bytes(&name, bytes, variant, device)
     }
 
+    /// Moves the model to `device` (loading happens on the CPU, where quantised records expand).
+    pub fn to_device(self, device: &Device) -> Self {
+        Self { model: self.model.to_device(device), device: device.clone(), variant: self.variant }
+    }
+
     pub fn model(&self) -> &LiteMedSam {
         &self.model
     }
@@ -101,6 +107,6 @@ impl BoxSegmenter {
 
 /// Reads a tensor back to the host without blocking (required on wasm).
 pub async fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
-    let data = tensor.into_data_async().await.map_err(|e| Error::Other(format!("reading results from the device failed: {e:?}")))?;
+    let data = tensor.into_data_async().await.map_err(|e| Error::Device(format!("reading results back failed: {e:?}")))?;
     data.try_into_vec_as::<f32>().map_err(|e| Error::Other(format!("unexpected result type: {e:?}")))
 }

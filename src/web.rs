@@ -15,7 +15,8 @@ use crate::ask::{heatmap_bytes, Answer, Reasoner};
 use crate::image::dicom::{decode_dicom, is_dicom, Window};
 use crate::image::{decode_image, PixelBox};
 use crate::llm::TextModel;
-use crate::segment::{BoxSegmentation, BoxSegmenter, ImageEmbedding};
+use crate::device_check::DeviceCheck;
+use crate::segment::{read_f32, BoxSegmentation, BoxSegmenter, ImageEmbedding};
 use crate::weights::store::{page_files, Index, REASON_HEADS_FILE};
 use crate::weights::{self, converted_file_name, manifest, Variant};
 
@@ -24,13 +25,24 @@ pub fn start() {
     console_error_panic_hook::set_once();
 }
 
+/// A user-readable JS error; device failures are named `DeviceError` so the page can tell them
+/// from bad input and fall back to the CPU.
 fn js_error(error: crate::Error) -> JsValue {
-    JsError::new(&error.to_string()).into()
+    let is_device = matches!(error, crate::Error::Device(_));
+    let value: JsValue = JsError::new(&error.to_string()).into();
+    if is_device {
+        set_property(&value, "name", "DeviceError");
+    }
+    value
+}
+
+fn set_property(target: &JsValue, key: &str, value: impl Into<JsValue>) {
+    // Setting a property on a fresh plain object cannot fail.
+    let _ = Reflect::set(target, &JsValue::from_str(key), &value.into());
 }
 
 fn set(object: &Object, key: &str, value: impl Into<JsValue>) {
-    // Setting a property on a fresh plain object cannot fail.
-    let _ = Reflect::set(object, &JsValue::from_str(key), &value.into());
+    set_property(object, key, value);
 }
 
 fn box_to_js(b: Option<PixelBox>) -> JsValue {
@@ -74,10 +86,18 @@ pub fn weight_files() -> Vec<String> {
     page_files()
 }
 
+#[derive(Clone, Copy)]
+enum Backend {
+    WebGpu,
+    Cpu,
+}
+
 /// The loaded models and, once an image is set, its cached embedding and the last answer.
 #[wasm_bindgen]
 pub struct Engine {
     reasoner: Rc<Reasoner>,
+    backend: Backend,
+    device_check: Option<String>,
     embedding: Option<Rc<ImageEmbedding>>,
     last_answer: Rc<RefCell<Option<Rc<Answer>>>>,
 }
@@ -86,9 +106,11 @@ pub struct Engine {
 impl Engine {
     /// Checks every file against `index.json` (size and sha256), then loads LiteMedSAM, SmolLM2
     /// and the reasoning heads (all in the shipped q8 variant). `files` are the bytes of
-    /// [`weight_files`], in that order.
-    pub fn load(index_json: &str, files: Vec<Uint8Array>) -> Result<Engine, JsValue> {
-        let index = Index::parse(index_json, "models/index.json").map_err(js_error)?;
+    /// [`weight_files`], in that order. `backend` is `"webgpu"` (call it only when the page has
+    /// found a WebGPU adapter) or `"cpu"`. On WebGPU the device check runs before the engine is
+    /// returned; a failure there is an error named `DeviceError`, after which the page uses the CPU.
+    pub async fn load(index_json: String, files: Vec<Uint8Array>, backend: String) -> Result<Engine, JsValue> {
+        let index = Index::parse(&index_json, "models/index.json").map_err(js_error)?;
         let names = page_files();
         if files.len() != names.len() {
             return Err(JsError::new(&format!("expected {} weight files, got {}", names.len(), files.len())).into());
@@ -101,25 +123,62 @@ impl Engine {
             bytes.push(data);
         }
         let [sam, llm, tokenizer, config, heads]: [Vec<u8>; 5] = bytes.try_into().map_err(|_| JsError::new("weight file list changed"))?;
-        let device = Device::flex();
-        let segmenter = BoxSegmenter::from_record_bytes(&names[0], sam, Variant::Q8, device.clone()).map_err(js_error)?;
+        let backend = match backend.as_str() {
+            "webgpu" => Backend::WebGpu,
+            "cpu" => Backend::Cpu,
+            other => return Err(JsError::new(&format!("unknown backend {other:?} (expected webgpu or cpu)")).into()),
+        };
+        let device = match backend {
+            Backend::WebGpu => Device::wgpu_options()
+                .init_async()
+                .await
+                .map_err(|e| js_error(crate::Error::Device(format!("WebGPU did not start ({e})"))))?,
+            Backend::Cpu => Device::flex(),
+        };
+        // Records load on the CPU, where quantised weights expand to f32, then move as a whole.
+        let cpu = Device::flex();
+        let segmenter = BoxSegmenter::from_record_bytes(&names[0], sam, Variant::Q8, cpu.clone()).map_err(js_error)?.to_device(&device);
         let llm_name = converted_file_name(manifest::SMOLLM2, Variant::Q8);
-        let llm = TextModel::from_bytes(&config, &tokenizer, &llm_name, llm, Variant::Q8, &device).map_err(js_error)?;
+        let llm = TextModel::from_bytes(&config, &tokenizer, &llm_name, llm, Variant::Q8, &cpu).map_err(js_error)?.to_device(&device);
         let reasoner = Reasoner::new(segmenter, llm, REASON_HEADS_FILE, heads).map_err(js_error)?;
-        Ok(Engine { reasoner: Rc::new(reasoner), embedding: None, last_answer: Rc::default() })
+        let device_check = match backend {
+            Backend::WebGpu => {
+                let reference = DeviceCheck::reference().map_err(js_error)?;
+                let measured = DeviceCheck::measure(&reasoner, Some(&reference)).await.map_err(js_error)?;
+                let report = reference.compare(&measured);
+                if !report.passed() {
+                    let error = crate::Error::Device(format!("WebGPU computed wrong values: {}", report.describe()));
+                    return Err(js_error(error));
+                }
+                Some(report.describe())
+            }
+            Backend::Cpu => None,
+        };
+        Ok(Engine { reasoner: Rc::new(reasoner), backend, device_check, embedding: None, last_answer: Rc::default() })
     }
 
-    /// Which compute path runs the model.
+    /// Which compute path runs the model: `"webgpu"` or `"cpu"`.
     pub fn backend(&self) -> String {
-        "CPU (wasm SIMD)".into()
+        match self.backend {
+            Backend::WebGpu => "webgpu",
+            Backend::Cpu => "cpu",
+        }
+        .into()
+    }
+
+    /// On WebGPU, how far the device check's values were from the CPU reference.
+    #[wasm_bindgen(js_name = deviceCheck)]
+    pub fn device_check(&self) -> Option<String> {
+        self.device_check.clone()
     }
 
     /// Decodes an image file (PNG, JPEG or single-frame DICOM; for DICOM with the window
     /// `center`/`width` when given, else the file's own) and runs the image encoder once for it.
     /// Returns `{width, height, pixels: Uint8Array (RGB, for display), dicom: null |
-    /// {fileWindow, appliedWindow, modality}}`. On error the previous image stays loaded.
+    /// {fileWindow, appliedWindow, modality}}` once the embedding is computed (on WebGPU the work
+    /// is queued; the promise waits for it). On error the previous image stays loaded.
     #[wasm_bindgen(js_name = setImage)]
-    pub fn set_image(&mut self, bytes: &[u8], center: Option<f64>, width: Option<f64>) -> Result<JsValue, JsValue> {
+    pub fn set_image(&mut self, bytes: &[u8], center: Option<f64>, width: Option<f64>) -> Result<js_sys::Promise, JsValue> {
         let out = Object::new();
         let image = if is_dicom(bytes) {
             let window = center.zip(width).map(|(center, width)| Window { center, width });
@@ -135,13 +194,16 @@ impl Engine {
             set(&out, "dicom", JsValue::NULL);
             decode_image(bytes).map_err(js_error)?
         };
-        let embedding = self.reasoner.encode(&image);
-        self.embedding = Some(Rc::new(embedding));
+        let embedding = Rc::new(self.reasoner.encode(&image));
+        self.embedding = Some(Rc::clone(&embedding));
         self.last_answer.replace(None);
         set(&out, "width", image.width);
         set(&out, "height", image.height);
         set(&out, "pixels", Uint8Array::from(image.pixels.as_slice()));
-        Ok(out.into())
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            read_f32(embedding.tensor.clone().slice([0..1, 0..1, 0..1, 0..1])).await.map_err(js_error)?;
+            Ok(out.into())
+        }))
     }
 
     fn embedding(&self) -> Result<Rc<ImageEmbedding>, JsValue> {

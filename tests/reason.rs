@@ -93,3 +93,16 @@ fn the_shipped_heads_find_the_asked_structure_on_held_out_images() {
 /// Measured mean IoU of the committed heads on the six golden cases (0.341 on 2026-11-22, with
 /// the calibrated seg-token gate), minus 0.1.
 const SHIPPED_HEADS_MIN_MEAN_IOU: f64 = 0.24;
+
+/// The reference the page checks WebGPU against (`models/device-check.json`) is what the CPU
+/// computes from the shipped weights: a change to the model's math or to the converted weights
+/// that is not followed by `medsee device-check --write` fails here, not on users' GPUs.
+#[test]
+fn the_cpu_reproduces_the_device_check_reference() {
+    use medsee::device_check::DeviceCheck;
+    let reasoner = medsee::Reasoner::load(&common::model_paths(), Variant::Q8, None).unwrap();
+    let reference = DeviceCheck::reference().unwrap();
+    let measured = futures_lite::future::block_on(DeviceCheck::measure(&reasoner, Some(&reference))).unwrap();
+    let report = reference.compare(&measured);
+    assert!(report.passed(), "{}", report.describe());
+}

@@ -1,6 +1,9 @@
 // Page logic: file input, box drawing, overlay and exports. No model logic: the worker does that.
+import { EngineClient } from './engine-client.js';
+
 const $ = (id) => document.getElementById(id);
-const worker = new Worker('worker.js', { type: 'module' });
+// ?backend=cpu skips WebGPU; ?test-fault=… is for the browser tests (see engine-client.js).
+const params = new URLSearchParams(location.search);
 
 const state = {
   image: null, file: null, box: null, result: null, answer: null, explanation: '', ready: false, busy: false,
@@ -45,10 +48,11 @@ function showAnswer(data) {
 
 // Timings and memory of this session, for the browser benchmark (window.medseeTimings).
 const timings = (window.medseeTimings = { events: [] });
-worker.onmessage = ({ data }) => {
+function onWorkerMessage(data) {
   if (data.loadMs !== undefined || data.encodeMs !== undefined || data.askMs !== undefined || data.explainMs !== undefined) {
     const { type, loadMs, encodeMs, askMs, explainMs, memoryBytes, totalBytes, fromCache } = data;
-    timings.events.push({ type, loadMs, encodeMs, askMs, explainMs, memoryBytes, totalBytes, fromCache });
+    const backend = data.backend ?? document.body.dataset.backend;
+    timings.events.push({ type, backend, loadMs, encodeMs, askMs, explainMs, memoryBytes, totalBytes, fromCache });
   }
   switch (data.type) {
     case 'progress': {
@@ -61,7 +65,8 @@ worker.onmessage = ({ data }) => {
     case 'ready':
       state.ready = true;
       $('download-text').textContent += ` (${(data.totalBytes / 1e6).toFixed(1)} MB in all)`;
-      $('backend').textContent = data.backend;
+      $('backend').textContent = data.backendLabel;
+      document.body.dataset.backend = data.backend;
       setStatus(data.fromCache ? 'Model ready (loaded from the browser cache).' : 'Model ready.');
       document.body.dataset.modelReady = 'true';
       updateButtons();
@@ -117,7 +122,7 @@ worker.onmessage = ({ data }) => {
       updateButtons();
       break;
   }
-};
+}
 
 // The file's bytes go to the worker, which decodes them (PNG, JPEG or DICOM) and sends back the
 // pixels to show: the page never decodes medical formats itself.
@@ -129,7 +134,7 @@ async function openFile(file, dicomWindow = null) {
   state.busy = true;
   updateButtons();
   setStatus(`Reading ${file.name} and encoding it on your device…`);
-  worker.postMessage({ type: 'image', bytes, window: dicomWindow }, [bytes]);
+  engine.send({ type: 'image', bytes, window: dicomWindow }, [bytes]);
 }
 
 // A new image replaces the old one (and its answers) only once it decoded and encoded.
@@ -255,7 +260,7 @@ $('box-form').addEventListener('submit', (e) => {
   state.busy = true;
   updateButtons();
   setStatus('Segmenting…');
-  worker.postMessage({ type: 'segment', box: state.box });
+  engine.send({ type: 'segment', box: state.box });
 });
 for (const k of ['x0', 'y0', 'x1', 'y1']) {
   $(`box-${k}`).addEventListener('input', () => {
@@ -296,7 +301,7 @@ function askQuestion(question) {
   delete document.body.dataset.explained;
   updateButtons();
   setStatus('Looking…');
-  worker.postMessage({ type: 'ask', question });
+  engine.send({ type: 'ask', question });
 }
 $('ask-form').addEventListener('submit', (e) => {
   e.preventDefault();
@@ -360,4 +365,9 @@ function downloadJson(name, value) {
 $('export-json').addEventListener('click', () => downloadJson('medsee.json', { ...state.answer.summary, explanation: state.explanation }));
 $('export-rle').addEventListener('click', () => downloadJson('medsee-mask-rle.json', state.answer.summary.mask_rle));
 
-worker.postMessage({ type: 'load', stopFlag: stopFlag.buffer });
+const engine = new EngineClient('worker.js', {
+  onMessage: onWorkerMessage,
+  stopFlag: stopFlag.buffer,
+  preference: params.get('backend') === 'cpu' ? 'cpu' : 'auto',
+  testFault: params.get('test-fault'),
+});

@@ -1,13 +1,16 @@
 // <medsee-viewer src="image.png" question="Which part helps me breathe?">: medsee as a widget.
 // One script tag (type="module") from the same origin as medsee's files; everything it draws lives
 // in its shadow DOM, and the host page hears from it only through these events (detail in brackets):
-//   medsee-ready   {backend}                 models loaded
+//   medsee-ready   {backend, backendLabel}   models loaded ('webgpu' or 'cpu', and in words)
 //   medsee-answer  {summary}                 mask, box, presence… (summary as `medsee ask --json`)
 //   medsee-explained {text}                  the explanation, once complete
 //   medsee-error   {message}
 // Attributes: src (image URL: PNG, JPEG or DICOM), question. Changing either asks again.
+// backend="cpu" skips WebGPU (otherwise used when the browser has it, with a CPU fallback).
 // A constructed style sheet: it stays inside the shadow root, and a strict Content-Security-Policy
 // (no inline styles) allows it.
+import { EngineClient } from './engine-client.js';
+
 const STYLE = new CSSStyleSheet();
 STYLE.replaceSync(`
     :host { display: inline-block; font: 14px/1.4 system-ui, sans-serif; color: #1b1b1f; max-width: 100%; }
@@ -45,11 +48,13 @@ class MedseeViewer extends HTMLElement {
 
   connectedCallback() {
     if (this.worker) return;
-    this.worker = new Worker(new URL('worker.js', import.meta.url), { type: 'module' });
-    this.worker.onmessage = ({ data }) => this.onWorkerMessage(data);
     // A stop flag needs cross-origin isolation; without it explanations simply run to the end.
     const stopFlag = globalThis.crossOriginIsolated ? new SharedArrayBuffer(4) : null;
-    this.worker.postMessage({ type: 'load', stopFlag });
+    this.worker = new EngineClient(new URL('worker.js', import.meta.url), {
+      onMessage: (data) => this.onWorkerMessage(data),
+      stopFlag,
+      preference: this.getAttribute('backend') === 'cpu' ? 'cpu' : 'auto',
+    });
   }
 
   disconnectedCallback() {
@@ -80,7 +85,7 @@ class MedseeViewer extends HTMLElement {
         if (!response.ok) throw new Error(`${src}: HTTP ${response.status}`);
         const bytes = await response.arrayBuffer();
         this.imageUrl = src;
-        this.worker.postMessage({ type: 'image', bytes }, [bytes]);
+        this.worker.send({ type: 'image', bytes }, [bytes]);
       } else {
         this.ask();
       }
@@ -97,7 +102,7 @@ class MedseeViewer extends HTMLElement {
     }
     this.setStatus('Looking…');
     this.part('.explanation').textContent = '';
-    this.worker.postMessage({ type: 'ask', question });
+    this.worker.send({ type: 'ask', question });
   }
 
   fail(message) {
@@ -112,7 +117,7 @@ class MedseeViewer extends HTMLElement {
         break;
       case 'ready':
         this.ready = true;
-        this.emit('medsee-ready', { backend: data.backend });
+        this.emit('medsee-ready', { backend: data.backend, backendLabel: data.backendLabel });
         this.run();
         break;
       case 'image':

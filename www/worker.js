@@ -1,7 +1,8 @@
-// All model work happens here, off the page's main thread.
-// Messages in: {type: 'load', stopFlag}, {type: 'image', bytes, window?}, {type: 'ask', question},
-// {type: 'segment', box}. Messages out: progress, notice, ready, image, answer, explain-piece,
-// explained, result, error.
+// All model work happens here, off the page's main thread. Driven by www/engine-client.js.
+// Messages in: {type: 'load', stopFlag, backend: 'auto' | 'cpu', testFault?}, {type: 'image', bytes,
+// window?}, {type: 'ask', question}, {type: 'segment', box}. Messages out: progress, notice, ready,
+// image, answer, explain-piece, explained, result, error, and gpu-fault (the GPU failed: the
+// client replaces this worker with one on the CPU).
 import init, { Engine, weightFiles } from './pkg/medsee.js';
 
 const WEIGHTS_CACHE = 'medsee-weights-v1';
@@ -9,6 +10,13 @@ let engine = null;
 let wasm = null; // the module's exports: its memory size is reported with results
 // Shared with the page: the stop button sets it to 1 while an explanation streams.
 let stopFlag = null;
+// The WebGPU device the engine runs on, seen through requestDevice (wgpu asks for it itself).
+let gpuDevice = null;
+let onGpu = false;
+let faulted = false;
+// Browser tests only (?test-fault=…, see engine-client.js).
+let testFault = null;
+let asked = 0;
 
 function post(type, payload = {}, transfer = []) {
   self.postMessage({ type, ...payload }, transfer);
@@ -69,9 +77,58 @@ async function fetchWeightFile(cache, name, entry, progress) {
   return { bytes, cached: allCached, fresh };
 }
 
-async function load(flag) {
+// Reports a GPU failure once; the client then replaces this worker with one on the CPU.
+function gpuFault(message) {
+  if (faulted) return;
+  faulted = true;
+  post('gpu-fault', { message });
+}
+
+// Watches the device wgpu creates: a lost device or an uncaught GPU error (out of memory, a
+// failed validation) means the GPU path cannot be trusted any more.
+function watchGpuDevices() {
+  const requestDevice = GPUAdapter.prototype.requestDevice;
+  GPUAdapter.prototype.requestDevice = async function (...args) {
+    const device = await requestDevice.apply(this, args);
+    gpuDevice = device;
+    if (testFault === 'gpu-error') {
+      // What running out of GPU memory looks like to the page: an uncaptured GPUOutOfMemoryError.
+      const error = new GPUOutOfMemoryError('out of memory (test hook)');
+      setTimeout(() => device.dispatchEvent(new GPUUncapturedErrorEvent('uncapturederror', { error })), 0);
+    }
+    device.lost.then((info) => gpuFault(`the GPU device was lost (${info.reason || 'unknown'}${info.message ? `: ${info.message}` : ''})`));
+    device.addEventListener('uncapturederror', (event) => gpuFault(`GPU error: ${event.error.message}`));
+    return device;
+  };
+}
+
+// WebGPU when asked for and an adapter exists; otherwise the CPU and why.
+async function chooseBackend(preference) {
+  if (preference === 'cpu') return { backend: 'cpu' };
+  if (!self.navigator.gpu) return { backend: 'cpu', reason: 'this browser has no WebGPU' };
+  let adapter = null;
+  try {
+    adapter = testFault === 'no-adapter' ? null : await navigator.gpu.requestAdapter();
+  } catch (error) {
+    return { backend: 'cpu', reason: `the WebGPU adapter request failed (${error.message})` };
+  }
+  if (!adapter) return { backend: 'cpu', reason: 'no WebGPU adapter' };
+  const info = adapter.info ?? {};
+  const name = [info.vendor, info.architecture, info.description].filter(Boolean).join(' ') || 'adapter';
+  return { backend: 'webgpu', adapter: adapter.isFallbackAdapter || info.isFallbackAdapter ? `${name}, software` : name };
+}
+
+// Errors that mean the GPU failed rather than the request: the client falls back to the CPU.
+function isGpuFailure(error) {
+  return onGpu && (error?.name === 'DeviceError' || error instanceof WebAssembly.RuntimeError);
+}
+
+async function load(flag, preference) {
   // Without a shared flag (a page that is not cross-origin isolated) explanations cannot be stopped.
   stopFlag = new Int32Array(flag ?? new ArrayBuffer(4));
+  const choice = await chooseBackend(preference);
+  onGpu = choice.backend === 'webgpu';
+  if (onGpu) watchGpuDevices();
   wasm = await init();
   const started = performance.now();
   const indexText = await (await fetch('models/index.json', { cache: 'no-cache' })).text();
@@ -96,8 +153,9 @@ async function load(flag) {
   }
   const fromCache = cachedFiles === names.length;
   try {
-    engine = Engine.load(indexText, files);
+    engine = await Engine.load(indexText, files, choice.backend);
   } catch (error) {
+    if (isGpuFailure(error)) throw error;
     // A damaged cached copy is dropped so the next load downloads it again.
     if (cache) await caches.delete(WEIGHTS_CACHE);
     throw error;
@@ -110,7 +168,10 @@ async function load(flag) {
       post('notice', { message: `Could not store the weights for offline use (${error.message}).` });
     }
   }
-  post('ready', { backend: engine.backend(), fromCache, totalBytes: total, loadMs: performance.now() - started, memoryBytes: wasmMemory() });
+  post('ready', {
+    backend: engine.backend(), adapter: choice.adapter, reason: choice.reason, deviceCheck: engine.deviceCheck(),
+    fromCache, totalBytes: total, loadMs: performance.now() - started, memoryBytes: wasmMemory(),
+  });
 }
 
 function wasmMemory() {
@@ -124,7 +185,11 @@ function requireEngine() {
 async function ask(question) {
   requireEngine();
   let started = performance.now();
-  const answer = await engine.ask(question);
+  const pending = engine.ask(question);
+  asked += 1;
+  // Browser tests: the GPU is lost in the middle of the second question.
+  if (onGpu && testFault === 'device-lost' && asked === 2) gpuDevice?.destroy();
+  const answer = await pending;
   const askMs = performance.now() - started;
   post('answer', {
     summary: answer.summary,
@@ -146,14 +211,19 @@ async function ask(question) {
   post('explained', { text, stopped: Atomics.load(stopFlag, 0) !== 0, explainMs: performance.now() - started, memoryBytes: wasmMemory() });
 }
 
+self.addEventListener('unhandledrejection', (event) => {
+  if (isGpuFailure(event.reason)) gpuFault(event.reason.message);
+});
+
 self.onmessage = async ({ data }) => {
   try {
     if (data.type === 'load') {
-      await load(data.stopFlag);
+      testFault = data.testFault ?? null;
+      await load(data.stopFlag, data.backend);
     } else if (data.type === 'image') {
       requireEngine();
       const started = performance.now();
-      const info = engine.setImage(new Uint8Array(data.bytes), data.window?.center, data.window?.width);
+      const info = await engine.setImage(new Uint8Array(data.bytes), data.window?.center, data.window?.width);
       post('image', {
         width: info.width, height: info.height, pixels: info.pixels, dicom: info.dicom,
         encodeMs: performance.now() - started, memoryBytes: wasmMemory(),
@@ -177,6 +247,8 @@ self.onmessage = async ({ data }) => {
       }, [result.mask.buffer]);
     }
   } catch (error) {
-    post('error', { request: data.type, message: error.message ?? String(error) });
+    const message = error.message ?? String(error);
+    if (isGpuFailure(error)) gpuFault(message);
+    else post('error', { request: data.type, message });
   }
 };

@@ -112,9 +112,8 @@ impl LlamaConfig {
 /// q/k weights are stored in (llama.cpp "normal" RoPE).
 #[derive(Module, Debug)]
 pub struct Rope {
-    #[module(skip)]
+    // Constant tensors (not parameters): not in the record, but they move with `to_device`.
     cos: Tensor<2>,
-    #[module(skip)]
     sin: Tensor<2>,
 }
 

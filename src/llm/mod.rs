@@ -5,6 +5,7 @@ pub mod generate;
 pub mod llama;
 pub mod tokenizer;
 
+use burn::module::Module;
 use burn::tensor::Device;
 
 use crate::error::{Error, Result};
@@ -28,6 +29,11 @@ impl TextModel {
         let tokenizer = TextTokenizer::from_json(tokenizer_json)?;
         let model = weights::load_record(config.init(device), record_name, record)?;
         Ok(Self { model, tokenizer, config, variant })
+    }
+
+    /// Moves the model to `device` (loading happens on the CPU, where quantised records expand).
+    pub fn to_device(self, device: &Device) -> Self {
+        Self { model: self.model.to_device(device), ..self }
     }
 
     /// Loads SmolLM2 from the converted-weights folder, checking every file against `index.json`.

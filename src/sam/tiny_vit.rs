@@ -116,6 +116,21 @@ fn conv(c_in: usize, c_out: usize, kernel: usize, stride: usize, groups: usize, 
         .init(device)
 }
 
+/// A 1×1 convolution as a matrix product over channels: the same numbers, but GPU backends run
+/// their tiled matmul kernel instead of a generic direct convolution (the pointwise convolutions
+/// of the full-resolution first stage are most of the encoder's work).
+fn pointwise(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let [batch, c_in, h, w] = x.dims();
+    let weight = conv.weight.val();
+    let c_out = weight.dims()[0];
+    let y = weight.reshape([1, c_out, c_in]).matmul(x.reshape([batch, c_in, h * w]));
+    let y = match &conv.bias {
+        Some(bias) => y + bias.val().reshape([1, c_out, 1]),
+        None => y,
+    };
+    y.reshape([batch, c_out, h, w])
+}
+
 #[derive(Module, Debug)]
 pub struct TinyVit {
     pub patch_embed: PatchEmbed,
@@ -139,7 +154,7 @@ impl TinyVit {
         let [batch, _, channels] = tokens.dims();
         let side = self.embedding_size;
         let x = tokens.reshape([batch, side, side, channels]).permute([0, 3, 1, 2]);
-        let x = self.neck_norm1.forward(self.neck_conv1.forward(x));
+        let x = self.neck_norm1.forward(pointwise(&self.neck_conv1, x));
         self.neck_norm2.forward(self.neck_conv2.forward(x))
     }
 }
@@ -152,7 +167,7 @@ pub struct PatchEmbed {
 
 impl PatchEmbed {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv2.forward(gelu(self.conv1.forward(x)))
+        pointwise(&self.conv2, gelu(pointwise(&self.conv1, x)))
     }
 }
 
@@ -174,9 +189,9 @@ impl MbConv {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = gelu(self.conv1.forward(x.clone()));
+        let h = gelu(pointwise(&self.conv1, x.clone()));
         let h = gelu(self.conv2.forward(h));
-        gelu(self.conv3.forward(h) + x)
+        gelu(pointwise(&self.conv3, h) + x)
     }
 }
 
@@ -198,9 +213,9 @@ impl PatchMerging {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<3> {
-        let x = gelu(self.conv1.forward(x));
+        let x = gelu(pointwise(&self.conv1, x));
         let x = gelu(self.conv2.forward(x));
-        let x = self.conv3.forward(x);
+        let x = pointwise(&self.conv3, x);
         let [batch, channels, h, w] = x.dims();
         x.reshape([batch, channels, h * w]).swap_dims(1, 2)
     }
@@ -253,7 +268,7 @@ pub struct WindowAttention {
     pub proj: Linear,
     /// `[heads, distinct offsets]`, gathered into `[heads, N, N]` through `bias_index`.
     pub attention_biases: Param<Tensor<2>>,
-    #[module(skip)]
+    /// A constant (not in the record); it moves with `to_device`.
     bias_index: Tensor<1, Int>,
     pub num_heads: usize,
     pub window_size: usize,

@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
-import { root, startServer, launchBrowser } from './harness.mjs';
+import { root, startServer, launchBrowser, pngMask, iou } from './harness.mjs';
 
 const artifacts = process.env.ARTIFACTS ?? join(root, 'target', 'browser-artifacts');
 mkdirSync(artifacts, { recursive: true });
@@ -19,27 +19,6 @@ const fixture = join(root, 'tests/fixtures/litemedsam/dermoscopy_lesion');
 const image = join(fixture, 'input.png');
 const box = JSON.parse(readFileSync(join(fixture, 'case.json'), 'utf8')).box256.map(Math.round);
 const question = 'Where is the skin lesion the doctor worried about?';
-
-// Mask decoded from a PNG by the page itself, so both masks go through the same decoder.
-async function pngMask(page, path) {
-  const bytes = Array.from(readFileSync(path));
-  return page.evaluate(async (data) => {
-    const bitmap = await createImageBitmap(new Blob([new Uint8Array(data)], { type: 'image/png' }));
-    const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
-    const ctx = canvas.getContext('2d');
-    ctx.drawImage(bitmap, 0, 0);
-    const px = ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
-    const mask = new Array(bitmap.width * bitmap.height);
-    for (let i = 0; i < mask.length; i++) mask[i] = px[i * 4] > 127 ? 1 : 0;
-    return mask;
-  }, bytes);
-}
-
-function iou(a, b) {
-  let inter = 0, union = 0;
-  for (let i = 0; i < a.length; i++) { inter += a[i] & b[i]; union += a[i] | b[i]; }
-  return union === 0 ? 1 : inter / union;
-}
 
 async function openImage(page) {
   await page.setInputFiles('#file-input', image);
