@@ -118,7 +118,7 @@ impl Reasoner {
         let (name, bytes) = match heads {
             Some(path) => (path.display().to_string(), std::fs::read(path).map_err(|e| Error::io(path, e))?),
             None => {
-                let name = crate::weights::store::REASON_HEADS_FILE;
+                let name = crate::weights::store::reason_heads_file(variant);
                 (name.to_string(), weights::store::read_verified(&paths.converted, name)?)
             }
         };

@@ -362,12 +362,12 @@ fn bench_soak(args: &SoakArgs, paths: &ModelPaths) -> Result<()> {
         .collect();
     files.sort();
     files.truncate(args.images.max(1));
-    let reasoner = medsee::Reasoner::load(paths, Variant::Q8, None)?;
+    let reasoner = medsee::Reasoner::load(paths, Variant::Quantized, None)?;
     let embeddings = files
         .iter()
         .map(|f| Ok(reasoner.encode(&medsee::image::decode_image(&std::fs::read(f).map_err(|e| Error::io(f, e))?)?)))
         .collect::<Result<Vec<_>>>()?;
-    println!("soak: {} questions over {} images (q8), one process", args.questions, files.len());
+    println!("soak: {} questions over {} images (quantised weights), one process", args.questions, files.len());
     println!("{:>9} {:>9} {:>14}", "questions", "RSS MB", "ms/question");
     let mut samples = Vec::new();
     let mut window = Instant::now();

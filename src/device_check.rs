@@ -18,7 +18,7 @@ use crate::llm::chat::{chat_ids, Message, Role};
 use crate::llm::llama::KvCache;
 use crate::segment::read_f32;
 
-/// The reference, computed on the CPU from the shipped (q8) weights.
+/// The reference, computed on the CPU from the shipped (quantised) weights.
 pub const REFERENCE_JSON: &str = include_str!("../models/device-check.json");
 
 const QUESTION: &str = "Which part of this picture helps me breathe?";

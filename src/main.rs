@@ -107,7 +107,7 @@ enum Command {
         #[arg(long)]
         heads: Option<PathBuf>,
         /// Weights to evaluate, comma-separated.
-        #[arg(long, default_value = "f32,q8", value_delimiter = ',', value_parser = parse_variant)]
+        #[arg(long, default_value = "f32,quantized", value_delimiter = ',', value_parser = parse_variant)]
         variants: Vec<Variant>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -119,7 +119,7 @@ enum Command {
         json: PathBuf,
     },
     /// Check that this build reproduces `models/device-check.json` (the check the page runs on
-    /// WebGPU before using it): a fixed image and question through the q8 model on the CPU.
+    /// WebGPU before using it): a fixed image and question through the shipped quantised model on the CPU.
     DeviceCheck {
         /// Write the reference file from this run instead of comparing with it.
         #[arg(long)]
@@ -142,7 +142,7 @@ struct SegmentArgs {
     #[command(flatten)]
     outputs: Outputs,
     /// Weights to use.
-    #[arg(long, default_value = "q8", value_parser = parse_variant)]
+    #[arg(long, default_value = "quantized", value_parser = parse_variant)]
     variant: Variant,
 }
 
@@ -175,7 +175,7 @@ struct AskArgs {
     #[arg(long)]
     no_explanation: bool,
     /// Weights to use.
-    #[arg(long, default_value = "q8", value_parser = parse_variant)]
+    #[arg(long, default_value = "quantized", value_parser = parse_variant)]
     variant: Variant,
     /// Reasoning heads to use instead of the shipped ones (e.g. fresh from `medsee train`).
     #[arg(long)]
@@ -187,7 +187,7 @@ struct ChatArgs {
     /// The message to send.
     prompt: String,
     /// Weights to use.
-    #[arg(long, default_value = "q8", value_parser = parse_variant)]
+    #[arg(long, default_value = "quantized", value_parser = parse_variant)]
     variant: Variant,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 128)]
@@ -444,7 +444,7 @@ fn run(cli: Cli) -> Result<()> {
 
 fn device_check(paths: &ModelPaths, write: Option<&Path>) -> Result<()> {
     use medsee::device_check::DeviceCheck;
-    let reasoner = medsee::Reasoner::load(paths, Variant::Q8, None)?;
+    let reasoner = medsee::Reasoner::load(paths, Variant::Quantized, None)?;
     if let Some(out) = write {
         let measured = futures_lite::future::block_on(DeviceCheck::measure(&reasoner, None))?;
         let text = serde_json::to_string(&measured).expect("json") + "\n";

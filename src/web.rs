@@ -17,7 +17,7 @@ use crate::image::{decode_image, PixelBox};
 use crate::llm::TextModel;
 use crate::device_check::DeviceCheck;
 use crate::segment::{read_f32, BoxSegmentation, BoxSegmenter, ImageEmbedding};
-use crate::weights::store::{page_files, Index, REASON_HEADS_FILE};
+use crate::weights::store::{page_files, reason_heads_file, Index};
 use crate::weights::{self, converted_file_name, manifest, Variant};
 
 #[wasm_bindgen(start)]
@@ -105,7 +105,7 @@ pub struct Engine {
 #[wasm_bindgen]
 impl Engine {
     /// Checks every file against `index.json` (size and sha256), then loads LiteMedSAM, SmolLM2
-    /// and the reasoning heads (all in the shipped q8 variant). `files` are the bytes of
+    /// and the reasoning heads (all in the shipped quantised variant). `files` are the bytes of
     /// [`weight_files`], in that order. `backend` is `"webgpu"` (call it only when the page has
     /// found a WebGPU adapter) or `"cpu"`. On WebGPU the device check runs before the engine is
     /// returned; a failure there is an error named `DeviceError`, after which the page uses the CPU.
@@ -137,10 +137,10 @@ impl Engine {
         };
         // Records load on the CPU, where quantised weights expand to f32, then move as a whole.
         let cpu = Device::flex();
-        let segmenter = BoxSegmenter::from_record_bytes(&names[0], sam, Variant::Q8, cpu.clone()).map_err(js_error)?.to_device(&device);
-        let llm_name = converted_file_name(manifest::SMOLLM2, Variant::Q8);
-        let llm = TextModel::from_bytes(&config, &tokenizer, &llm_name, llm, Variant::Q8, &cpu).map_err(js_error)?.to_device(&device);
-        let reasoner = Reasoner::new(segmenter, llm, REASON_HEADS_FILE, heads).map_err(js_error)?;
+        let segmenter = BoxSegmenter::from_record_bytes(&names[0], sam, Variant::Quantized, cpu.clone()).map_err(js_error)?.to_device(&device);
+        let llm_name = converted_file_name(manifest::SMOLLM2, Variant::Quantized);
+        let llm = TextModel::from_bytes(&config, &tokenizer, &llm_name, llm, Variant::Quantized, &cpu).map_err(js_error)?.to_device(&device);
+        let reasoner = Reasoner::new(segmenter, llm, reason_heads_file(Variant::Quantized), heads).map_err(js_error)?;
         let device_check = match backend {
             Backend::WebGpu => {
                 let reference = DeviceCheck::reference().map_err(js_error)?;

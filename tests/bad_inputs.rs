@@ -26,7 +26,7 @@ fn corpus() -> Vec<(Case, Vec<u8>)> {
 fn every_file_gets_its_expected_outcome_and_the_engine_keeps_working() {
     let cases = corpus();
     assert!(cases.len() >= 30, "the corpus has {} cases", cases.len());
-    let segmenter = common::segmenter(Variant::Q8);
+    let segmenter = common::segmenter(Variant::Quantized);
     let good = decode_image(&std::fs::read(common::Case::all().remove(0).dir.join("input.png")).unwrap()).unwrap();
     let whole = |w: u32, h: u32| PixelBox::new(0.0, 0.0, w as f32, h as f32);
     let before = block_on(segmenter.segment_box(&segmenter.encode(&good), whole(good.width, good.height))).unwrap();
@@ -55,7 +55,7 @@ fn every_file_gets_its_expected_outcome_and_the_engine_keeps_working() {
 
 #[test]
 fn odd_questions_are_answered_and_impossible_ones_refused() {
-    let reasoner = Reasoner::load(&common::model_paths(), Variant::Q8, None).unwrap();
+    let reasoner = Reasoner::load(&common::model_paths(), Variant::Quantized, None).unwrap();
     let image = decode_image(&std::fs::read(common::Case::all().remove(0).dir.join("input.png")).unwrap()).unwrap();
     let embedding = reasoner.encode(&image);
     let answered = [

@@ -91,7 +91,7 @@ fn f32_matches_the_pytorch_reference() {
 
 #[test]
 fn q8_stays_close_to_the_reference() {
-    let segmenter = common::segmenter(Variant::Q8);
+    let segmenter = common::segmenter(Variant::Quantized);
     for case in Case::all() {
         let o = run_case(&segmenter, &case);
         eprintln!(

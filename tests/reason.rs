@@ -43,8 +43,8 @@ fn layout_splits_the_chat_at_the_image_and_ends_with_the_candidates() {
 fn the_untrained_graph_runs_end_to_end() {
     let paths = common::model_paths();
     let device = Device::flex();
-    let segmenter = common::segmenter(Variant::Q8);
-    let llm = TextModel::load(&paths.converted, Variant::Q8, &device).unwrap();
+    let segmenter = common::segmenter(Variant::Quantized);
+    let llm = TextModel::load(&paths.converted, Variant::Quantized, &device).unwrap();
     let config = ReasonConfig::smollm2_litemedsam().unwrap();
     let heads = config.init(&device);
     let case = common::Case::all().remove(0);
@@ -67,7 +67,7 @@ fn the_shipped_heads_find_the_asked_structure_on_held_out_images() {
     use futures_lite::future::block_on;
     use medsee::image::Mask;
     use medsee::reason::knowledge::Knowledge;
-    let reasoner = medsee::Reasoner::load(&common::model_paths(), Variant::Q8, None).unwrap();
+    let reasoner = medsee::Reasoner::load(&common::model_paths(), Variant::Quantized, None).unwrap();
     let knowledge = Knowledge::load().unwrap();
     let mut ious = Vec::new();
     for case in common::Case::all() {
@@ -100,7 +100,7 @@ const SHIPPED_HEADS_MIN_MEAN_IOU: f64 = 0.24;
 #[test]
 fn the_cpu_reproduces_the_device_check_reference() {
     use medsee::device_check::DeviceCheck;
-    let reasoner = medsee::Reasoner::load(&common::model_paths(), Variant::Q8, None).unwrap();
+    let reasoner = medsee::Reasoner::load(&common::model_paths(), Variant::Quantized, None).unwrap();
     let reference = DeviceCheck::reference().unwrap();
     let measured = futures_lite::future::block_on(DeviceCheck::measure(&reasoner, Some(&reference))).unwrap();
     let report = reference.compare(&measured);

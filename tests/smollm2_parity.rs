@@ -156,16 +156,16 @@ fn f32_logits_and_greedy_text_match_transformers() {
 }
 
 #[test]
-fn q8_stays_close_to_f32() {
+fn quantized_stays_close_to_f32() {
     let f32_model = load_llm(Variant::F32);
-    let q8_model = load_llm(Variant::Q8);
+    let quantized_model = load_llm(Variant::Quantized);
     let prompts = fixture("prompts.json");
     let (mut agree, mut total, mut kl_sum) = (0, 0, 0.0);
     for p in prompts["prompts"].as_array().unwrap() {
         let prompt = ids(&p["ids"]);
         // Every position of the prompt, not just the last: more distributions to compare.
         for end in (prompt.len() - 3)..=prompt.len() {
-            let (a, b) = (next_logits(&f32_model, &prompt[..end]), next_logits(&q8_model, &prompt[..end]));
+            let (a, b) = (next_logits(&f32_model, &prompt[..end]), next_logits(&quantized_model, &prompt[..end]));
             agree += usize::from(argmax(&a) == argmax(&b));
             total += 1;
             let (la, lb) = (log_softmax(&a), log_softmax(&b));
@@ -173,7 +173,7 @@ fn q8_stays_close_to_f32() {
         }
     }
     let mean_kl = kl_sum / total as f64;
-    eprintln!("q8 vs f32: top-1 agreement {agree}/{total}, mean KL {mean_kl:.2e}");
+    eprintln!("quantized vs f32: top-1 agreement {agree}/{total}, mean KL {mean_kl:.2e}");
     assert!(agree as f64 >= 0.9 * total as f64, "top-1 agreement {agree}/{total}");
     assert!(mean_kl < 0.05, "mean KL {mean_kl}");
 }

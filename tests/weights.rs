@@ -31,7 +31,7 @@ fn corrupt_records_are_errors_not_panics() {
         ("not burnpack", b"GGUF this is something else entirely".to_vec()),
     ];
     for (what, bytes) in cases {
-        let result = BoxSegmenter::from_record_bytes("test.bpk", bytes, Variant::Q8, Device::flex());
+        let result = BoxSegmenter::from_record_bytes("test.bpk", bytes, Variant::Quantized, Device::flex());
         match result {
             Err(Error::Weights { file, .. }) => assert_eq!(file, "test.bpk", "{what}"),
             Err(other) => panic!("{what}: unexpected error kind {other}"),

@@ -27,7 +27,10 @@ impl TextModel {
         let config: LlamaConfig =
             serde_json::from_slice(config_json).map_err(|e| Error::weights("smollm2-config.json", e.to_string()))?;
         let tokenizer = TextTokenizer::from_json(tokenizer_json)?;
-        let model = weights::load_record(config.init(device), record_name, record)?;
+        let model = match variant {
+            Variant::F32 => weights::load_record(config.init(device), record_name, record)?,
+            Variant::Quantized => weights::blocks::load(config.init(device), record_name, record)?,
+        };
         Ok(Self { model, tokenizer, config, variant })
     }
 

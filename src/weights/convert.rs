@@ -8,10 +8,12 @@ use burn::tensor::Device;
 
 use super::gguf::Gguf;
 use super::manifest::{self, SourceFile};
-use super::store::{page_files, read_verified, write_atomic, FileEntry, Index, Part, PART_BYTES, SMOLLM2_CONFIG, SMOLLM2_TOKENIZER};
-use super::{converted_file_name, litemedsam, record_bytes, sha256_hex, smollm2, verify, Variant};
+use super::quantize::{quantize_weights, WeightFormat};
+use super::store::{page_files, read_verified, reason_heads_file, write_atomic, FileEntry, Index, Part, PART_BYTES, SMOLLM2_CONFIG, SMOLLM2_TOKENIZER};
+use super::{converted_file_name, half_record_bytes, litemedsam, load_record, record_bytes, sha256_hex, smollm2, verify, Variant};
 use crate::error::{Error, Result};
 use crate::llm::tokenizer::TextTokenizer;
+use crate::reason::ReasonConfig;
 
 
 /// Where the fetched sources and the converted files live.
@@ -122,6 +124,26 @@ fn install_trained(paths: &ModelPaths, index: &mut Index, log: &mut dyn FnMut(&s
         index.files.insert(trained.file.to_string(), FileEntry { size: trained.size, sha256: trained.sha256.to_string(), parts: Vec::new() });
         log(&format!("{}: installed {} ({:.1} MB, sha256 verified)", trained.id, trained.file, bytes.len() as f64 / 1e6));
     }
+    quantize_heads(paths, index, log)
+}
+
+/// Writes the page's quantised copy of the installed reasoning heads (Linear weights Q8, blocks
+/// of 32; the rest f16), remade whenever the committed heads change.
+fn quantize_heads(paths: &ModelPaths, index: &mut Index, log: &mut dyn FnMut(&str)) -> Result<()> {
+    let Some(trained) = manifest::trained(manifest::REASON_HEADS) else { return Ok(()) };
+    let target = reason_heads_file(Variant::Quantized);
+    if index.sources.get(trained.id).map(String::as_str) == Some(trained.sha256) && read_verified(&paths.converted, target).is_ok() {
+        log(&format!("{}: up to date ({target})", trained.id));
+        return Ok(());
+    }
+    let heads = ReasonConfig::smollm2_litemedsam()?.init(&Device::flex());
+    let heads = load_record(heads, trained.file, read_verified(&paths.converted, trained.file)?)?;
+    let (quantized, report) = quantize_weights(heads, WeightFormat::Q8Block32, &[]);
+    let bytes = half_record_bytes(&quantized)?;
+    write_atomic(&paths.converted.join(target), &bytes)?;
+    index.files.insert(target.to_string(), FileEntry { size: bytes.len() as u64, sha256: sha256_hex(&bytes), parts: Vec::new() });
+    index.sources.insert(trained.id.to_string(), trained.sha256.to_string());
+    log(&format!("{}: wrote {target} ({:.1} MB; {} weights q8, {} kept f16)", trained.id, bytes.len() as f64 / 1e6, report.quantized, report.kept_f32.len()));
     Ok(())
 }
 
@@ -135,10 +157,10 @@ fn convert_litemedsam(paths: &ModelPaths, _bytes: &[u8], device: &Device, log: &
     let model = litemedsam::load_checkpoint(&paths.source_file(source), device)?;
     log(&format!("litemedsam: mapped to Burn (batch norms folded) in {:.1}s", started.elapsed().as_secs_f32()));
     let (quantized, report) = litemedsam::quantize(model.clone());
-    log(&format!("litemedsam: q8 quantised {} weight tensors, kept {} in f32", report.quantized, report.kept_f32.len()));
+    log(&format!("litemedsam: q8 quantised {} weight tensors, kept {} unquantised (f16 on disk)", report.quantized, report.kept_f32.len()));
     Ok(vec![
         (converted_file_name(source.id, Variant::F32), record_bytes(model)?),
-        (converted_file_name(source.id, Variant::Q8), record_bytes(quantized)?),
+        (converted_file_name(source.id, Variant::Quantized), half_record_bytes(&quantized)?),
     ])
 }
 
@@ -148,11 +170,11 @@ fn convert_smollm2(_paths: &ModelPaths, bytes: &[u8], device: &Device, log: &mut
     let tokenizer = TextTokenizer::from_gguf(&gguf)?;
     let (config, model) = smollm2::load_gguf(&gguf, device)?;
     log(&format!("smollm2: dequantised and mapped to Burn in {:.1}s", started.elapsed().as_secs_f32()));
-    let (quantized, report) = smollm2::quantize(model.clone());
-    log(&format!("smollm2: q8 quantised {} weight tensors, kept {} in f32", report.quantized, report.kept_f32.len()));
+    let shipped = smollm2::block_record(&gguf)?;
+    log(&format!("smollm2: 4-bit blocks (Q4_1 copied from the GGUF, embedding {})", smollm2::SHIPPED_EMBEDDING.name()));
     Ok(vec![
         (converted_file_name(manifest::SMOLLM2, Variant::F32), record_bytes(model)?),
-        (converted_file_name(manifest::SMOLLM2, Variant::Q8), record_bytes(quantized)?),
+        (converted_file_name(manifest::SMOLLM2, Variant::Quantized), shipped),
         (SMOLLM2_TOKENIZER.to_string(), tokenizer.to_json()?.into_bytes()),
         (SMOLLM2_CONFIG.to_string(), serde_json::to_vec_pretty(&config).expect("config serialises")),
     ])

@@ -1,5 +1,6 @@
 //! A reader for GGUF (llama.cpp's model format, version 2 and 3): header, metadata of every value
-//! type, tensor table, and dequantisation of F32, F16, Q8_0, Q4_0 and Q4_1 to f32.
+//! type, tensor table, and dequantisation of F32, F16, Q8_0, Q4_0 and Q4_1 to f32; plus the 4-bit
+//! block encoders the shipped weights use (see `weights::blocks`).
 //!
 //! Every size and offset read from the file is checked against the bytes actually present before
 //! anything is allocated or sliced, so a truncated or hostile file gives an error, never a panic.
@@ -91,8 +92,23 @@ impl TensorType {
         })
     }
 
+    /// ggml's name of the type (`"Q4_1"`), as the shipped weight files record it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TensorType::F32 => "F32",
+            TensorType::F16 => "F16",
+            TensorType::Q4_0 => "Q4_0",
+            TensorType::Q4_1 => "Q4_1",
+            TensorType::Q8_0 => "Q8_0",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [TensorType::F32, TensorType::F16, TensorType::Q4_0, TensorType::Q4_1, TensorType::Q8_0].into_iter().find(|t| t.name() == name)
+    }
+
     /// (values per block, bytes per block).
-    fn block(self) -> (u64, u64) {
+    pub fn block(self) -> (u64, u64) {
         match self {
             TensorType::F32 => (1, 4),
             TensorType::F16 => (1, 2),
@@ -341,6 +357,39 @@ pub fn dequantize(kind: TensorType, raw: &[u8]) -> Vec<f32> {
     }
 }
 
+/// Quantises `values` (a whole number of 32-value blocks) into `Q4_0` or `Q4_1` blocks in
+/// ggml's layout: byte `j` holds value `j` in its low nibble and value `j + 16` in its high one.
+/// Values are rounded against the f16-rounded scale (and minimum) that is stored, so the
+/// decoder reproduces the nearest representable value.
+pub fn quantize(kind: TensorType, values: &[f32]) -> Vec<u8> {
+    use burn::tensor::f16;
+    assert!(values.len() % 32 == 0, "block quantisation needs whole blocks of 32 values");
+    let mut out = Vec::with_capacity(values.len() / 32 * kind.block().1 as usize);
+    for block in values.chunks_exact(32) {
+        // (step between levels, value of level 0), as the decoder will see them.
+        let (step, zero, flat_level) = match kind {
+            TensorType::Q4_0 => {
+                // Symmetric: the value of largest magnitude maps exactly to level 0 or 15.
+                let extreme = block.iter().copied().fold(0.0f32, |a, x| if x.abs() > a.abs() { x } else { a });
+                let d = f16::from_f32(extreme / -8.0);
+                out.extend(d.to_bits().to_le_bytes());
+                (d.to_f32(), -8.0 * d.to_f32(), 8)
+            }
+            TensorType::Q4_1 => {
+                let (lo, hi) = block.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                let (d, m) = (f16::from_f32((hi - lo) / 15.0), f16::from_f32(lo));
+                out.extend(d.to_bits().to_le_bytes());
+                out.extend(m.to_bits().to_le_bytes());
+                (d.to_f32(), m.to_f32(), 0)
+            }
+            other => panic!("quantize: {other:?} is not a 4-bit block type"),
+        };
+        let level = |x: f32| if step == 0.0 { flat_level } else { ((x - zero) / step).round().clamp(0.0, 15.0) as u8 };
+        out.extend((0..16).map(|j| level(block[j]) | (level(block[j + 16]) << 4)));
+    }
+    out
+}
+
 /// IEEE 754 half → single precision (exact).
 pub fn f16_to_f32(h: u16) -> f32 {
     let sign = ((h >> 15) as u32) << 31;
@@ -397,6 +446,29 @@ mod tests {
         q4.extend([0x8f; 16]); // low nibble 15 → 7, high nibble 8 → 0
         let v = dequantize(TensorType::Q4_0, &q4);
         assert_eq!((v[0], v[16]), (7.0, 0.0));
+    }
+
+    #[test]
+    fn four_bit_blocks_round_trip_within_half_a_step() {
+        let values: Vec<f32> = (0..64).map(|i| ((i * 37 % 64) as f32 - 20.0) * 0.013).collect();
+        for kind in [TensorType::Q4_0, TensorType::Q4_1] {
+            let raw = quantize(kind, &values);
+            assert_eq!(raw.len(), 2 * kind.block().1 as usize);
+            let back = dequantize(kind, &raw);
+            for (block, decoded) in values.chunks(32).zip(back.chunks(32)) {
+                let (lo, hi) = block.iter().fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+                let step = match kind {
+                    TensorType::Q4_0 => lo.abs().max(hi.abs()) / 8.0,
+                    _ => (hi - lo) / 15.0,
+                };
+                for (x, y) in block.iter().zip(decoded) {
+                    assert!((x - y).abs() <= step * 0.5 + 1e-3 * step.max(1e-6), "{kind:?}: {x} decoded as {y} (step {step})");
+                }
+            }
+        }
+        // A constant block decodes exactly.
+        assert_eq!(dequantize(TensorType::Q4_1, &quantize(TensorType::Q4_1, &[0.25; 32])), vec![0.25; 32]);
+        assert_eq!(dequantize(TensorType::Q4_0, &quantize(TensorType::Q4_0, &[0.0; 32])), vec![0.0; 32]);
     }
 
     fn header(version: u32, tensors: u64, kvs: u64) -> Vec<u8> {

@@ -1,6 +1,7 @@
 //! Weights: the pinned sources (manifest), their conversion to Burn records, quantisation, and
 //! integrity checks. Everything that knows checkpoint key names lives here, apart from the math.
 
+pub mod blocks;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod convert;
 #[cfg(not(target_arch = "wasm32"))]
@@ -27,17 +28,19 @@ use crate::error::{Error, Result};
 pub enum Variant {
     /// Full precision, the reference for every parity test.
     F32,
-    /// Linear and convolution weights in Burn's Q8S format, blocks of 32; norms and biases f32.
-    Q8,
+    /// The shipped weights: LiteMedSAM's Linear and convolution weights in Burn's Q8S format
+    /// (blocks of 32), SmolLM2's matrices in ggml 4-bit blocks (see [`blocks`]); norms and
+    /// biases f32.
+    Quantized,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 2] = [Variant::F32, Variant::Q8];
+    pub const ALL: [Variant; 2] = [Variant::F32, Variant::Quantized];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Variant::F32 => "f32",
-            Variant::Q8 => "q8",
+            Variant::Quantized => "quantized",
         }
     }
 }
@@ -53,15 +56,20 @@ impl std::str::FromStr for Variant {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "f32" => Ok(Variant::F32),
-            "q8" => Ok(Variant::Q8),
-            other => Err(Error::Other(format!("unknown weight variant {other:?} (expected f32 or q8)"))),
+            "quantized" => Ok(Variant::Quantized),
+            other => Err(Error::Other(format!("unknown weight variant {other:?} (expected f32 or quantized)"))),
         }
     }
 }
 
-/// File name of a converted model, e.g. `litemedsam-q8.bpk`.
+/// File name of a converted model, e.g. `litemedsam-q8.bpk`, `smollm2-q4.bpk`.
 pub fn converted_file_name(model: &str, variant: Variant) -> String {
-    format!("{model}-{variant}.bpk")
+    let format = match (variant, model) {
+        (Variant::F32, _) => "f32",
+        (Variant::Quantized, manifest::SMOLLM2) => "q4",
+        (Variant::Quantized, _) => "q8",
+    };
+    format!("{model}-{format}.bpk")
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -102,6 +110,18 @@ pub fn load_record<M: Module>(mut module: M, file: &str, bytes: Vec<u8>) -> Resu
     Ok(quantize::dequantize_weights(module))
 }
 
+/// Applies named tensors to `module`; every parameter must be given and every tensor used.
+pub(crate) fn apply_tensors<M: Module>(mut module: M, file: &str, tensors: Vec<burn::store::burn_pack::Tensor>) -> Result<M> {
+    let result = module.apply(tensors, None, None, false);
+    if !result.errors.is_empty() || !result.missing.is_empty() || !result.unused.is_empty() {
+        return Err(Error::weights(
+            file,
+            format!("does not fit the model: missing {:?}, unused {:?}, errors {:?}", result.missing, result.unused, result.errors),
+        ));
+    }
+    Ok(module)
+}
+
 /// Serialises a module as burnpack bytes.
 pub fn record_bytes<M: Module>(module: M) -> Result<Vec<u8>> {
     let bytes = module.into_record().into_bytes().map_err(|e| Error::Other(format!("cannot serialise weights: {e}")))?;
@@ -125,7 +145,6 @@ pub(crate) fn pack_f32(path: String, shape: Vec<usize>, values: &[f32]) -> burn:
 }
 
 /// A row-major `rows × cols` matrix transposed: PyTorch/GGUF `[out, in]` → Burn `Linear` `[in, out]`.
-#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn transpose(rows: usize, cols: usize, values: &[f32]) -> Vec<f32> {
     let mut out = vec![0.0; values.len()];
     for r in 0..rows {

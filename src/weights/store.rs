@@ -14,15 +14,25 @@ pub const SMOLLM2_TOKENIZER: &str = "smollm2-tokenizer.json";
 pub const SMOLLM2_CONFIG: &str = "smollm2-config.json";
 /// The trained reasoning heads (committed under `models/`, copied here by `medsee convert`).
 pub const REASON_HEADS_FILE: &str = "reason-heads.bpk";
+/// The page's copy of the heads, made by `medsee convert`: Linear weights Q8, the rest f16.
+pub const REASON_HEADS_Q8_FILE: &str = "reason-heads-q8.bpk";
+
+/// The reasoning heads' file for a weight variant.
+pub fn reason_heads_file(variant: Variant) -> &'static str {
+    match variant {
+        Variant::F32 => REASON_HEADS_FILE,
+        Variant::Quantized => REASON_HEADS_Q8_FILE,
+    }
+}
 
 /// The files the page downloads (the shipped quantised variant), in the order `Engine.load` takes them.
 pub fn page_files() -> Vec<String> {
     vec![
-        converted_file_name(manifest::LITEMEDSAM, Variant::Q8),
-        converted_file_name(manifest::SMOLLM2, Variant::Q8),
+        converted_file_name(manifest::LITEMEDSAM, Variant::Quantized),
+        converted_file_name(manifest::SMOLLM2, Variant::Quantized),
         SMOLLM2_TOKENIZER.to_string(),
         SMOLLM2_CONFIG.to_string(),
-        REASON_HEADS_FILE.to_string(),
+        reason_heads_file(Variant::Quantized).to_string(),
     ]
 }
 

@@ -86,7 +86,7 @@ try {
 
   const cliAskMask = join(artifacts, 'cli-ask-mask.png');
   const cliJson = join(artifacts, 'cli-ask.json');
-  execFileSync(medseeBin, ['ask', image, question, '--variant', 'q8', '--out', cliAskMask, '--json', cliJson], { stdio: 'inherit' });
+  execFileSync(medseeBin, ['ask', image, question, '--variant', 'quantized', '--out', cliAskMask, '--json', cliJson], { stdio: 'inherit' });
   const cli = JSON.parse(readFileSync(cliJson, 'utf8'));
   assert.equal(await page.evaluate(() => document.body.dataset.answerFound), String(cli.answer.found), 'found/not found differs from the CLI');
   assert.equal(explanation, cli.explanation.trim(), 'the explanation differs from the CLI (both are greedy)');
@@ -100,7 +100,7 @@ try {
   await page.screenshot({ path: join(artifacts, 'segmented.png'), fullPage: true });
   const pageMask = await page.evaluate(() => Array.from(window.medseeLastMask ?? []));
   const cliMask = join(artifacts, 'cli-mask.png');
-  execFileSync(medseeBin, ['segment', image, '--box', box.join(','), '--variant', 'q8', '--out', cliMask], { stdio: 'inherit' });
+  execFileSync(medseeBin, ['segment', image, '--box', box.join(','), '--variant', 'quantized', '--out', cliMask], { stdio: 'inherit' });
   const reference = await pngMask(page, cliMask);
   assert.equal(pageMask.length, reference.length, 'mask sizes differ');
   const score = iou(pageMask, reference);
@@ -146,7 +146,7 @@ try {
   assert.deepEqual(events.filter((e) => e.name === 'medsee-error'), [], 'the widget reported an error');
   const answered = events.find((e) => e.name === 'medsee-answer').detail.summary;
   const cliWidgetJson = join(artifacts, 'cli-widget.json');
-  execFileSync(medseeBin, ['ask', join(fixture, 'input.png'), 'Where is the mole the doctor looked at?', '--variant', 'q8',
+  execFileSync(medseeBin, ['ask', join(fixture, 'input.png'), 'Where is the mole the doctor looked at?', '--variant', 'quantized',
     '--out', join(artifacts, 'cli-widget-mask.png'), '--json', cliWidgetJson, '--no-explanation'], { stdio: 'inherit' });
   const cliWidget = JSON.parse(readFileSync(cliWidgetJson, 'utf8')).answer;
   assert.equal(answered.found, cliWidget.found);
@@ -166,7 +166,7 @@ try {
   bench = {
     date: new Date().toISOString(), browser: 'Debian chromium (headless)', path: 'CPU (wasm SIMD)',
     first_load_ms: firstLoad.loadMs, download_bytes: firstLoad.totalBytes, wasm_bytes: wasmBytes,
-    files: Object.fromEntries(['litemedsam-q8.bpk', 'smollm2-q8.bpk', 'smollm2-tokenizer.json', 'smollm2-config.json', 'reason-heads.bpk'].map((f) => [f, index.files[f].size])),
+    files: Object.fromEntries(['litemedsam-q8.bpk', 'smollm2-q4.bpk', 'smollm2-tokenizer.json', 'smollm2-config.json', 'reason-heads-q8.bpk'].map((f) => [f, index.files[f].size])),
     encode_ms_median: median(pick('image', 'encodeMs')), question_to_mask_ms_median: median(pick('answer', 'askMs')),
     explanation_ms_median: median(pick('explained', 'explainMs')),
     peak_wasm_memory_bytes: Math.max(...timings.map((e) => e.memoryBytes ?? 0)),

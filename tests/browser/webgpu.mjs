@@ -47,7 +47,7 @@ async function ask(page, { stopAfterFirstPiece }) {
 
 const cliMask = join(artifacts, 'cli-webgpu-mask.png');
 const cliJson = join(artifacts, 'cli-webgpu.json');
-execFileSync(medseeBin, ['ask', image, question, '--variant', 'q8', '--out', cliMask, '--json', cliJson], { stdio: 'inherit' });
+execFileSync(medseeBin, ['ask', image, question, '--variant', 'quantized', '--out', cliMask, '--json', cliJson], { stdio: 'inherit' });
 const cli = JSON.parse(readFileSync(cliJson, 'utf8'));
 
 const { server, url } = await startServer();
