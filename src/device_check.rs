@@ -70,6 +70,18 @@ impl DeviceCheck {
         serde_json::from_str(REFERENCE_JSON).map_err(|e| Error::Other(format!("models/device-check.json is not valid: {e}")))
     }
 
+    /// Measures the reasoner against the committed reference; a mismatch is an
+    /// [`Error::Device`] that names each stage, so the caller can refuse the device.
+    pub async fn verify(reasoner: &Reasoner) -> Result<CheckReport> {
+        let reference = Self::reference()?;
+        let measured = Self::measure(reasoner, Some(&reference)).await?;
+        let report = reference.compare(&measured);
+        if !report.passed() {
+            return Err(Error::Device(format!("the device check found wrong values: {}", report.describe())));
+        }
+        Ok(report)
+    }
+
     /// Runs the fixed inputs on the reasoner's device. With `top_ids` from the reference the
     /// same logits are read back; without (writing a reference), the highest ones are chosen.
     pub async fn measure(reasoner: &Reasoner, reference: Option<&DeviceCheck>) -> Result<Self> {

@@ -41,10 +41,6 @@ fn set_property(target: &JsValue, key: &str, value: impl Into<JsValue>) {
     let _ = Reflect::set(target, &JsValue::from_str(key), &value.into());
 }
 
-fn set(object: &Object, key: &str, value: impl Into<JsValue>) {
-    set_property(object, key, value);
-}
-
 fn box_to_js(b: Option<PixelBox>) -> JsValue {
     match b {
         Some(b) => Float32Array::from(b.as_array().as_slice()).into(),
@@ -54,13 +50,13 @@ fn box_to_js(b: Option<PixelBox>) -> JsValue {
 
 fn segmentation_to_js(result: &BoxSegmentation) -> JsValue {
     let out = Object::new();
-    set(&out, "width", result.mask.width);
-    set(&out, "height", result.mask.height);
-    set(&out, "mask", Uint8Array::from(result.mask.data.as_slice()));
-    set(&out, "area", result.mask.area() as f64);
-    set(&out, "iouPrediction", result.iou_prediction);
-    set(&out, "prompt", box_to_js(Some(result.prompt)));
-    set(&out, "maskBox", box_to_js(result.mask_box));
+    set_property(&out, "width", result.mask.width);
+    set_property(&out, "height", result.mask.height);
+    set_property(&out, "mask", Uint8Array::from(result.mask.data.as_slice()));
+    set_property(&out, "area", result.mask.area() as f64);
+    set_property(&out, "iouPrediction", result.iou_prediction);
+    set_property(&out, "prompt", box_to_js(Some(result.prompt)));
+    set_property(&out, "maskBox", box_to_js(result.mask_box));
     out.into()
 }
 
@@ -69,14 +65,14 @@ fn answer_to_js(answer: &Answer) -> Result<JsValue, JsValue> {
     // The summary (question, box, presence, structure, fusion weights…) as the CLI's JSON has it.
     // JSON-compatible: maps (the COCO RLE) become plain objects, as in the CLI's JSON.
     let summary = answer.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| JsError::new(&e.to_string()))?;
-    set(&out, "summary", summary);
-    set(&out, "width", answer.mask.width);
-    set(&out, "height", answer.mask.height);
-    set(&out, "mask", Uint8Array::from(answer.mask.data.as_slice()));
+    set_property(&out, "summary", summary);
+    set_property(&out, "width", answer.mask.width);
+    set_property(&out, "height", answer.mask.height);
+    set_property(&out, "mask", Uint8Array::from(answer.mask.data.as_slice()));
     let (w, h, cells) = heatmap_bytes(&answer.heatmap);
-    set(&out, "heatmap", Uint8Array::from(cells.as_slice()));
-    set(&out, "heatmapWidth", w as u32);
-    set(&out, "heatmapHeight", h as u32);
+    set_property(&out, "heatmap", Uint8Array::from(cells.as_slice()));
+    set_property(&out, "heatmapWidth", w as u32);
+    set_property(&out, "heatmapHeight", h as u32);
     Ok(out.into())
 }
 
@@ -142,16 +138,7 @@ impl Engine {
         let llm = TextModel::from_bytes(&config, &tokenizer, &llm_name, llm, Variant::Quantized, &cpu).map_err(js_error)?.to_device(&device);
         let reasoner = Reasoner::new(segmenter, llm, reason_heads_file(Variant::Quantized), heads).map_err(js_error)?;
         let device_check = match backend {
-            Backend::WebGpu => {
-                let reference = DeviceCheck::reference().map_err(js_error)?;
-                let measured = DeviceCheck::measure(&reasoner, Some(&reference)).await.map_err(js_error)?;
-                let report = reference.compare(&measured);
-                if !report.passed() {
-                    let error = crate::Error::Device(format!("WebGPU computed wrong values: {}", report.describe()));
-                    return Err(js_error(error));
-                }
-                Some(report.describe())
-            }
+            Backend::WebGpu => Some(DeviceCheck::verify(&reasoner).await.map_err(js_error)?.describe()),
             Backend::Cpu => None,
         };
         Ok(Engine { reasoner: Rc::new(reasoner), backend, device_check, embedding: None, last_answer: Rc::default() })
@@ -185,21 +172,21 @@ impl Engine {
             let decoded = decode_dicom(bytes, window).map_err(js_error)?;
             let info = Object::new();
             let window_js = |w: Option<Window>| w.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).unwrap_or(JsValue::NULL);
-            set(&info, "fileWindow", window_js(decoded.file_window));
-            set(&info, "appliedWindow", window_js(decoded.applied_window));
-            set(&info, "modality", decoded.modality.map(JsValue::from).unwrap_or(JsValue::NULL));
-            set(&out, "dicom", info);
+            set_property(&info, "fileWindow", window_js(decoded.file_window));
+            set_property(&info, "appliedWindow", window_js(decoded.applied_window));
+            set_property(&info, "modality", decoded.modality.map(JsValue::from).unwrap_or(JsValue::NULL));
+            set_property(&out, "dicom", info);
             decoded.image
         } else {
-            set(&out, "dicom", JsValue::NULL);
+            set_property(&out, "dicom", JsValue::NULL);
             decode_image(bytes).map_err(js_error)?
         };
         let embedding = Rc::new(self.reasoner.encode(&image));
         self.embedding = Some(Rc::clone(&embedding));
         self.last_answer.replace(None);
-        set(&out, "width", image.width);
-        set(&out, "height", image.height);
-        set(&out, "pixels", Uint8Array::from(image.pixels.as_slice()));
+        set_property(&out, "width", image.width);
+        set_property(&out, "height", image.height);
+        set_property(&out, "pixels", Uint8Array::from(image.pixels.as_slice()));
         Ok(wasm_bindgen_futures::future_to_promise(async move {
             read_f32(embedding.tensor.clone().slice([0..1, 0..1, 0..1, 0..1])).await.map_err(js_error)?;
             Ok(out.into())

@@ -63,6 +63,10 @@ pub fn convert_all(paths: &ModelPaths, device: &Device, force: bool, log: &mut d
         (manifest::LITEMEDSAM, variant_files(manifest::LITEMEDSAM), convert_litemedsam),
         (manifest::SMOLLM2, [variant_files(manifest::SMOLLM2), vec![SMOLLM2_TOKENIZER.into(), SMOLLM2_CONFIG.into()]].concat(), convert_smollm2),
     ];
+    let mut known: Vec<String> = converters.iter().flat_map(|(_, outputs, _)| outputs.clone()).collect();
+    known.extend(manifest::TRAINED.iter().map(|t| t.file.to_string()));
+    known.push(reason_heads_file(Variant::Quantized).to_string());
+    remove_stale(paths, &mut index, &known, log);
     for (id, outputs, convert) in converters {
         let source = manifest::source(id);
         let up_to_date = index.sources.get(id).map(String::as_str) == Some(source.sha256)
@@ -85,6 +89,19 @@ pub fn convert_all(paths: &ModelPaths, device: &Device, force: bool, log: &mut d
     install_trained(paths, &mut index, log)?;
     split_for_the_page(paths, &mut index, log)?;
     index.write(&paths.converted)
+}
+
+/// Deletes files an earlier medsee version converted that this one no longer uses (e.g. the
+/// former Q8 SmolLM2, 151 MB), with their page parts; files the index does not list are kept.
+fn remove_stale(paths: &ModelPaths, index: &mut Index, known: &[String], log: &mut dyn FnMut(&str)) {
+    let stale: Vec<String> = index.files.keys().filter(|name| !known.contains(name)).cloned().collect();
+    for name in stale {
+        let entry = index.files.remove(&name).expect("listed");
+        for file in std::iter::once(name.as_str()).chain(entry.parts.iter().map(|p| p.name.as_str())) {
+            let _ = std::fs::remove_file(paths.converted.join(file));
+        }
+        log(&format!("removed {name}: no longer used"));
+    }
 }
 
 /// Splits the page's files larger than [`PART_BYTES`] into parts listed in the index.

@@ -59,6 +59,12 @@ try {
   page.on('console', (m) => console.log('[page]', m.text()));
   page.on('pageerror', (e) => { console.log('[page error]', e.message); failures++; });
   context.on('request', (r) => requests.push({ url: r.url(), method: r.method() }));
+  // Bytes on the wire (compressed bodies) of each file the first time it is fetched.
+  const transferred = new Map();
+  context.on('requestfinished', async (r) => {
+    const sizes = await r.sizes().catch(() => null);
+    if (sizes && !transferred.has(r.url())) transferred.set(r.url(), sizes.responseBodySize);
+  });
 
   await page.goto(url);
   await page.waitForSelector('body[data-model-ready="true"]', { timeout: 300_000 });
@@ -166,6 +172,7 @@ try {
   bench = {
     date: new Date().toISOString(), browser: 'Debian chromium (headless)', path: 'CPU (wasm SIMD)',
     first_load_ms: firstLoad.loadMs, download_bytes: firstLoad.totalBytes, wasm_bytes: wasmBytes,
+    transferred_bytes: [...transferred.values()].reduce((a, b) => a + b, 0),
     files: Object.fromEntries(['litemedsam-q8.bpk', 'smollm2-q4.bpk', 'smollm2-tokenizer.json', 'smollm2-config.json', 'reason-heads-q8.bpk'].map((f) => [f, index.files[f].size])),
     encode_ms_median: median(pick('image', 'encodeMs')), question_to_mask_ms_median: median(pick('answer', 'askMs')),
     explanation_ms_median: median(pick('explained', 'explainMs')),
@@ -174,6 +181,7 @@ try {
   bench.time_to_first_mask_ms = bench.first_load_ms + bench.encode_ms_median + bench.question_to_mask_ms_median;
   writeFileSync(join(artifacts, 'browser-bench.json'), JSON.stringify(bench, null, 1));
   console.log('browser bench:', JSON.stringify(bench));
+  assert.ok(bench.transferred_bytes <= 100e6, `first visit downloaded ${bench.transferred_bytes} bytes (target: 100 MB)`);
 
   // Reload: the weights must now come from Cache Storage.
   await page.reload();
