@@ -102,7 +102,10 @@ impl Reasoner {
     /// Builds the reasoner from loaded engines and the heads' burnpack bytes (already verified).
     pub fn new(segmenter: BoxSegmenter, llm: TextModel, heads_file: &str, heads_bytes: Vec<u8>) -> Result<Self> {
         let config = ReasonConfig::smollm2_litemedsam()?;
-        let heads = weights::load_record(config.init(segmenter.device()), heads_file, heads_bytes)?;
+        // Like the backbones, the heads load on the CPU (where quantised records expand to f32;
+        // Burn's wgpu backend cannot take Q8 records as they are stored) and then move.
+        let cpu = burn::tensor::Device::flex();
+        let heads = burn::module::Module::to_device(weights::load_record(config.init(&cpu), heads_file, heads_bytes)?, segmenter.device());
         let knowledge = Knowledge::load()?;
         let classes = knowledge.class_names();
         Ok(Self { segmenter, llm, heads, config, knowledge, classes })

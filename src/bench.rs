@@ -20,13 +20,15 @@ use serde_json::{json, Value};
 
 #[derive(Subcommand)]
 pub enum Which {
-    /// LiteMedSAM: image encode and prompt+decode latency, f32 and Q8, vs PyTorch and onnxruntime.
+    /// LiteMedSAM: image encode and prompt+decode latency, f32 and quantised, vs PyTorch and onnxruntime.
     Sam(BenchArgs),
-    /// SmolLM2: prompt prefill and per-token decode latency, f32 and Q8, vs llama.cpp and transformers.
+    /// SmolLM2: prompt prefill and per-token decode latency, f32 and quantised, vs llama.cpp and transformers.
     Llm(BenchArgs),
     /// The reasoning segmenter: question → mask with the image encoded, the explanation, and
-    /// end-to-end `ask` (encode + answer + explanation), f32 and Q8, with peak memory.
+    /// end-to-end `ask` (encode + answer + explanation), f32 and quantised, with peak memory.
     Ask(BenchArgs),
+    /// `sam`, `llm` and `ask` in one run, each writing its own JSON under benches/results/.
+    All(BenchArgs),
     /// Soak: many questions over many images in one process; RSS and latency every 50 questions.
     Soak(SoakArgs),
 }
@@ -396,6 +398,15 @@ pub fn run(which: Which, paths: &ModelPaths, threads: usize) -> Result<()> {
         Which::Sam(args) => timed(args).and_then(|_| bench_sam(args, paths, threads)),
         Which::Llm(args) => timed(args).and_then(|_| bench_llm(args, paths, threads)),
         Which::Ask(args) => timed(args).and_then(|_| bench_ask(args, paths, threads)),
+        Which::All(args) => {
+            timed(args)?;
+            if args.json.is_some() {
+                return Err(Error::Other("bench all writes benches/results/{sam,llm,ask}.json; --json is for one benchmark".into()));
+            }
+            bench_sam(args, paths, threads)?;
+            bench_llm(args, paths, threads)?;
+            bench_ask(args, paths, threads)
+        }
         Which::Soak(args) => bench_soak(args, paths),
     }
 }
