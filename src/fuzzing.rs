@@ -30,13 +30,13 @@ pub fn gguf(data: &[u8]) {
 }
 
 /// What the page downloads before trusting it: the weights index and a burnpack record loaded
-/// into a (small) module.
+/// into a (small) module, both as a Burn record and as a file of ggml blocks.
 pub fn weights(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = Index::parse(text, "index.json");
     }
-    let module = ClassHead::new(8, 4, &Device::flex());
-    let _ = crate::weights::load_record(module, "fuzz.bpk", data.to_vec());
+    let _ = crate::weights::load_record(ClassHead::new(8, 4, &Device::flex()), "fuzz.bpk", data.to_vec());
+    let _ = crate::weights::blocks::load(ClassHead::new(32, 4, &Device::flex()), "fuzz.bpk", data.to_vec());
 }
 
 /// A typed question → cleaned text → the LLM prompt's tokens and layout.
