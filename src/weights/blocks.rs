@@ -99,7 +99,7 @@ mod tests {
         let bias = PackTensor::new("bias".into(), DType::F32, vec![outputs], None, Bytes::from_bytes_vec(vec![0u8; outputs * 4]));
         let bytes = write(vec![matrix], vec![bias]).unwrap();
         let linear: Linear = load(LinearConfig::new(inputs, outputs).init(&device), "test.bpk", bytes.clone()).unwrap();
-        assert_eq!(linear.weight.val().into_data().to_vec::<f32>().unwrap(), expected);
+        assert_eq!(linear.weight.val().into_data().try_to_vec::<f32>().unwrap(), expected);
 
         // A file for another shape names the file instead of panicking.
         let err = load(LinearConfig::new(32, outputs).init(&device), "test.bpk", bytes.clone()).unwrap_err().to_string();

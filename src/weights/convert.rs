@@ -154,7 +154,12 @@ fn quantize_heads(paths: &ModelPaths, index: &mut Index, log: &mut dyn FnMut(&st
         return Ok(());
     }
     let heads = ReasonConfig::smollm2_litemedsam()?.init(&Device::flex());
-    let heads = load_record(heads, trained.file, read_verified(&paths.converted, trained.file)?)?;
+    // Checked against the manifest, not index.json: on a first conversion the index listing the
+    // just-installed heads is not written yet.
+    let installed = paths.converted.join(trained.file);
+    let bytes = std::fs::read(&installed).map_err(|e| Error::io(&installed, e))?;
+    verify(&installed.display().to_string(), &bytes, trained.size, trained.sha256)?;
+    let heads = load_record(heads, trained.file, bytes)?;
     let (quantized, report) = quantize_weights(heads, WeightFormat::Q8Block32, &[]);
     let bytes = half_record_bytes(&quantized)?;
     write_atomic(&paths.converted.join(target), &bytes)?;
