@@ -1,7 +1,8 @@
 """Writes the synthetic seed corpora under fuzz/seeds/ (the image target also reads the bad-input
 and DICOM fixtures under tests/fixtures/). Needs numpy, Pillow and the `gguf` package.
 
-The weights seed `class-head.bpk` is a real burnpack record, written by medsee itself:
+The weights seeds `class-head.bpk` and `class-head-blocks.bpk` (the same head as ggml blocks) are
+written by medsee itself:
     cargo test --release --test fuzz_smoke -- --ignored write_weights_seed
 """
 import io

@@ -102,4 +102,13 @@ fn write_weights_seed() {
     let module = medsee::reason::heads::ClassHead::new(8, 4, &burn::tensor::Device::flex());
     let bytes = medsee::weights::record_bytes(module).unwrap();
     std::fs::write(Path::new(ROOT).join("fuzz/seeds/weights/class-head.bpk"), bytes).unwrap();
+    // The same head (32 inputs) as a file of ggml blocks, the shipped LLM's format.
+    use burn::store::burn_pack::{DType, Tensor};
+    use medsee::weights::blocks::{self, BlockMatrix};
+    use medsee::weights::gguf::TensorType;
+    let values: Vec<f32> = (0..4 * 32).map(|i| (i as f32 * 0.37).sin()).collect();
+    let weight = BlockMatrix::quantize("linear.weight".into(), TensorType::Q4_1, 4, &values);
+    let bias = Tensor::new("linear.bias".into(), DType::F32, vec![4], None, burn::tensor::Bytes::from_bytes_vec(vec![0; 16]));
+    let bytes = blocks::write(vec![weight], vec![bias]).unwrap();
+    std::fs::write(Path::new(ROOT).join("fuzz/seeds/weights/class-head-blocks.bpk"), bytes).unwrap();
 }
