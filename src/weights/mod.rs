@@ -29,8 +29,8 @@ pub enum Variant {
     /// Full precision, the reference for every parity test.
     F32,
     /// The shipped weights: LiteMedSAM's Linear and convolution weights in Burn's Q8S format
-    /// (blocks of 32), SmolLM2's matrices in ggml 4-bit blocks (see [`blocks`]); norms and
-    /// biases f32.
+    /// (blocks of 32, the rest stored f16), SmolLM2's matrices in ggml 4-bit blocks (see
+    /// [`blocks`], norms f32). Everything is expanded to f32 at load.
     Quantized,
 }
 

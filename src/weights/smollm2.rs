@@ -61,6 +61,12 @@ fn matrix(g: &Gguf, gguf: &str) -> Result<(usize, usize, Vec<f32>)> {
     Ok((out, inp, values))
 }
 
+/// The vector `gguf` (a norm's gains) as the f32 tensor `burn`.
+fn vector(g: &Gguf, burn: String, gguf: &str) -> Result<PackTensor> {
+    let (shape, values) = g.dequantize(gguf)?;
+    Ok(pack(burn, shape, &values))
+}
+
 /// Builds the f32 model from a parsed GGUF.
 pub fn load_gguf(g: &Gguf, device: &Device) -> Result<(LlamaConfig, Llama)> {
     let config = LlamaConfig::from_gguf(g)?;
@@ -73,10 +79,7 @@ pub fn load_gguf(g: &Gguf, device: &Device) -> Result<(LlamaConfig, Llama)> {
                 let (out, inp, values) = matrix(g, gguf)?;
                 pack(burn.clone(), vec![inp, out], &transpose(out, inp, &values))
             }
-            Kind::Vector => {
-                let (shape, values) = g.dequantize(gguf)?;
-                pack(burn.clone(), shape, &values)
-            }
+            Kind::Vector => vector(g, burn.clone(), gguf)?,
         });
     }
     let model = apply_tensors(config.init(device), "GGUF", tensors)?;
@@ -106,10 +109,7 @@ pub fn block_record(g: &Gguf) -> Result<Vec<u8>> {
                 let (rows, _, values) = matrix(g, &gguf)?;
                 matrices.push(BlockMatrix::quantize(burn, SHIPPED_EMBEDDING, rows, &values));
             }
-            (Kind::Vector, _) => {
-                let (shape, values) = g.dequantize(&gguf)?;
-                vectors.push(pack(burn, shape, &values));
-            }
+            (Kind::Vector, _) => vectors.push(vector(g, burn, &gguf)?),
         }
     }
     blocks::write(matrices, vectors)
