@@ -88,6 +88,9 @@ enum Command {
         /// Held-out training images per data set on which the seg-token gate is calibrated (0: keep the token everywhere).
         #[arg(long, default_value_t = 10)]
         calibration_images_per_set: usize,
+        /// Fine-tune these trained heads (e.g. models/reason-heads.bpk) instead of starting fresh: no warm-up.
+        #[arg(long)]
+        from: Option<PathBuf>,
         /// Output folder (heads, state, curves, embedding cache).
         #[arg(long, default_value = "models/train")]
         out: PathBuf,
@@ -420,7 +423,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("results → {} and {}", json.display(), chart.display());
             Ok(())
         }
-        Command::Train { steps, lr, seed, images_per_set, negative_rate, checkpoint_every, warmup_questions, warmup_steps, refit_questions, refit_steps, calibration_images_per_set, out } => {
+        Command::Train { steps, lr, seed, images_per_set, negative_rate, checkpoint_every, warmup_questions, warmup_steps, refit_questions, refit_steps, calibration_images_per_set, from, out } => {
             let config = medsee::train::trainer::TrainConfig {
                 steps,
                 learning_rate: lr,
@@ -433,6 +436,7 @@ fn run(cli: Cli) -> Result<()> {
                 refit_questions,
                 refit_steps,
                 calibration_images_per_set,
+                start_from: from,
                 output_dir: out,
             };
             medsee::train::trainer::train(&paths, &config, &mut |line| println!("train: {line}"))

@@ -1,5 +1,6 @@
 //! The medseg data set in `../shared/data/medseg` (read in place, never copied): one record per
-//! (image, class) from `index.jsonl`, grouped by image.
+//! (image, class) from `index.jsonl`, grouped by image, plus the wholes of [`WHOLES`] where an
+//! image has all their parts.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,6 +8,12 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::image::preprocess::scaled_size;
 use crate::sam::INPUT_SIZE;
+
+/// Structures the data annotates only as their parts on some images; an image with every part
+/// also gets the whole, whose mask is the union of the parts'. JSRT chest X-rays have
+/// `left_lung` and `right_lung`, but a patient asks for "the lungs" ("which parts help me
+/// breathe?"): without this the class `lungs` would only ever be seen on eight lung CT slices.
+pub const WHOLES: &[(&str, &[&str])] = &[("lungs", &["left_lung", "right_lung"])];
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,7 +44,10 @@ pub struct Record {
     pub set: String,
     pub modality: String,
     pub image: String,
-    pub mask: String,
+    /// Mask files (0/255 PNG) whose union is the structure: one for an annotated class, one per
+    /// part for a whole of [`WHOLES`].
+    #[serde(rename = "mask", deserialize_with = "one_mask")]
+    pub masks: Vec<String>,
     pub class: String,
     pub width: u32,
     pub height: u32,
@@ -45,6 +55,26 @@ pub struct Record {
     pub bbox: [u32; 4],
     pub area: u64,
     pub split: Split,
+}
+
+fn one_mask<'de, D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Vec<String>, D::Error> {
+    <String as serde::Deserialize>::deserialize(deserializer).map(|mask| vec![mask])
+}
+
+impl Record {
+    /// The record of `class` made of `parts` (records of one image): their masks, the box around
+    /// their boxes, their summed area (the parts of a whole do not overlap).
+    fn whole(class: &str, parts: &[&Record]) -> Record {
+        let first = parts[0];
+        let bbox = parts.iter().fold(first.bbox, |[x0, y0, x1, y1], p| [x0.min(p.bbox[0]), y0.min(p.bbox[1]), x1.max(p.bbox[2]), y1.max(p.bbox[3])]);
+        Record {
+            class: class.to_string(),
+            masks: parts.iter().flat_map(|p| p.masks.clone()).collect(),
+            bbox,
+            area: parts.iter().map(|p| p.area).sum(),
+            ..first.clone()
+        }
+    }
 }
 
 /// An image with every class annotated on it.
@@ -55,6 +85,20 @@ pub struct ImageItem {
     pub image: PathBuf,
     pub split: Split,
     pub objects: Vec<Record>,
+}
+
+/// Adds each whole of [`WHOLES`] that `item` has every part of and not the whole itself.
+fn add_wholes(item: &mut ImageItem) {
+    for (whole, parts) in WHOLES {
+        if item.objects.iter().any(|o| o.class == *whole) {
+            continue;
+        }
+        let found: Vec<&Record> = parts.iter().filter_map(|p| item.objects.iter().find(|o| o.class == *p)).collect();
+        if found.len() == parts.len() {
+            let record = Record::whole(whole, &found);
+            item.objects.push(record);
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +129,9 @@ impl Dataset {
             });
             item.objects.push(record);
         }
+        for item in by_image.values_mut() {
+            add_wholes(item);
+        }
         Ok(Self { root: root.to_path_buf(), images: by_image.into_values().collect() })
     }
 
@@ -107,6 +154,21 @@ impl Dataset {
         for e in entries {
             out.entry(e.class).or_default().push(e.modality);
         }
+        for (whole, parts) in WHOLES {
+            let shared: Vec<String> = out
+                .get(parts[0])
+                .into_iter()
+                .flatten()
+                .filter(|m| parts.iter().all(|p| out.get(*p).is_some_and(|ms| ms.contains(m))))
+                .cloned()
+                .collect();
+            let modalities = out.entry(whole.to_string()).or_default();
+            for m in shared {
+                if !modalities.contains(&m) {
+                    modalities.push(m);
+                }
+            }
+        }
         Ok(out)
     }
 
@@ -127,7 +189,7 @@ impl Dataset {
         sums.into_iter().map(|(class, (s, n))| (class, s.map(|v| (v / n as f64) as f32))).collect()
     }
 
-    /// Every (class, modality) pair annotated in train and val.
+    /// Every (class, modality) pair annotated in train and val (wholes included).
     pub fn classes(&self) -> BTreeMap<String, Vec<String>> {
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for item in &self.images {
@@ -139,5 +201,76 @@ impl Dataset {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(class: &str, bbox: [u32; 4], area: u64) -> Record {
+        Record {
+            id: "jsrt/1".into(),
+            set: "jsrt".into(),
+            modality: "xray".into(),
+            image: "images/jsrt/1.png".into(),
+            masks: vec![format!("masks/jsrt/1__{class}.png")],
+            class: class.into(),
+            width: 100,
+            height: 80,
+            bbox,
+            area,
+            split: Split::Val,
+        }
+    }
+
+    fn item(objects: Vec<Record>) -> ImageItem {
+        ImageItem { id: "jsrt/1".into(), modality: "xray".into(), image: "images/jsrt/1.png".into(), split: Split::Val, objects }
+    }
+
+    #[test]
+    fn an_image_with_both_lungs_also_shows_the_lungs() {
+        let mut chest = item(vec![record("heart", [40, 30, 60, 60], 300), record("right_lung", [10, 5, 45, 70], 1500), record("left_lung", [55, 8, 90, 72], 1400)]);
+        add_wholes(&mut chest);
+        assert_eq!(chest.objects.len(), 4);
+        let lungs = chest.objects.iter().find(|o| o.class == "lungs").expect("lungs added");
+        assert_eq!(lungs.masks, ["masks/jsrt/1__left_lung.png", "masks/jsrt/1__right_lung.png"]);
+        assert_eq!(lungs.bbox, [10, 5, 90, 72]);
+        assert_eq!(lungs.area, 2900);
+        assert_eq!((lungs.width, lungs.height, lungs.split.clone()), (100, 80, Split::Val));
+    }
+
+    #[test]
+    fn a_whole_needs_every_part_and_is_never_added_twice() {
+        let mut one_lung = item(vec![record("left_lung", [55, 8, 90, 72], 1400)]);
+        add_wholes(&mut one_lung);
+        assert_eq!(one_lung.objects.len(), 1);
+        let mut annotated = item(vec![record("lungs", [1, 1, 9, 9], 50), record("left_lung", [1, 1, 4, 9], 20), record("right_lung", [5, 1, 9, 9], 25)]);
+        add_wholes(&mut annotated);
+        assert_eq!(annotated.objects.iter().filter(|o| o.class == "lungs").count(), 1);
+        assert_eq!(annotated.objects[0].masks, ["masks/jsrt/1__lungs.png"]);
+    }
+
+    #[test]
+    fn index_lines_read_their_one_mask() {
+        let line = r#"{"id":"a/1","set":"a","modality":"ct","image":"images/a/1.png","mask":"masks/a/1__liver.png","class":"liver","width":4,"height":4,"bbox":[0,0,2,2],"area":4,"split":"train"}"#;
+        let record: Record = serde_json::from_str(line).unwrap();
+        assert_eq!(record.masks, ["masks/a/1__liver.png"]);
+    }
+
+    #[test]
+    fn the_shared_data_asks_for_lungs_on_chest_xrays() {
+        let root = Dataset::default_root();
+        if !root.join("index.jsonl").exists() {
+            eprintln!("skipped: no data at {}", root.display());
+            return;
+        }
+        let data = Dataset::load(&root).unwrap();
+        let xrays_with_lungs = data.images.iter().filter(|i| i.modality == "xray" && i.objects.iter().any(|o| o.class == "lungs")).count();
+        let xrays = data.images.iter().filter(|i| i.modality == "xray").count();
+        assert!(xrays > 0 && xrays_with_lungs == xrays, "{xrays_with_lungs} of {xrays} chest X-rays have lungs");
+        assert!(data.classes()["lungs"].contains(&"xray".to_string()));
+        // So no evaluation question asks for the lungs on a chest X-ray expecting "not found".
+        assert!(data.all_classes().unwrap()["lungs"].contains(&"xray".to_string()));
     }
 }

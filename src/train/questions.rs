@@ -265,7 +265,7 @@ mod tests {
             set: "x".into(),
             modality: "xray".into(),
             image: "images/x/1.png".into(),
-            mask: format!("masks/x/1__{class}.png"),
+            masks: vec![format!("masks/x/1__{class}.png")],
             class: class.into(),
             width: 100,
             height: 100,

@@ -20,8 +20,21 @@ pub struct Targets {
 
 impl Targets {
     pub fn load(root: &std::path::Path, record: &Record) -> Result<Self> {
-        let path = root.join(&record.mask);
-        let mask = image::open(&path).map_err(|e| Error::Other(format!("{}: {e}", path.display())))?.to_luma8();
+        let mut mask: Option<image::GrayImage> = None;
+        for file in &record.masks {
+            let path = root.join(file);
+            let part = image::open(&path).map_err(|e| Error::Other(format!("{}: {e}", path.display())))?.to_luma8();
+            match &mut mask {
+                None => mask = Some(part),
+                Some(union) if union.dimensions() == part.dimensions() => {
+                    union.pixels_mut().zip(part.pixels()).for_each(|(u, p)| u.0[0] = u.0[0].max(p.0[0]));
+                }
+                Some(union) => {
+                    return Err(Error::Other(format!("{}: {:?} does not match the size of the other masks {:?}", path.display(), part.dimensions(), union.dimensions())))
+                }
+            }
+        }
+        let mask = mask.ok_or_else(|| Error::Other(format!("{}: the {} record has no mask", record.id, record.class)))?;
         let (w, h, scale) = scaled_size(mask.width(), mask.height());
         let small = resize(&mask, w, h, FilterType::Nearest);
         let side = INPUT_SIZE;
@@ -39,5 +52,44 @@ impl Targets {
         }
         let [x0, y0, x1, y1] = record.bbox.map(|v| v as f32 * scale / side as f32);
         Ok(Self { mask: full, coarse_mask: coarse, box_cxcywh: [(x0 + x1) / 2.0, (y0 + y1) / 2.0, x1 - x0, y1 - y0] })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::dataset::Split;
+
+    #[test]
+    fn a_whole_is_the_union_of_its_part_masks() {
+        let dir = std::env::temp_dir().join(format!("medsee-targets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // 256×256, so the model frame equals the image: left half and a bottom-right square.
+        let left = image::GrayImage::from_fn(256, 256, |x, _| image::Luma([if x < 128 { 255 } else { 0 }]));
+        let corner = image::GrayImage::from_fn(256, 256, |x, y| image::Luma([if x >= 192 && y >= 192 { 255 } else { 0 }]));
+        left.save(dir.join("left.png")).unwrap();
+        corner.save(dir.join("corner.png")).unwrap();
+        let record = Record {
+            id: "t/1".into(),
+            set: "t".into(),
+            modality: "xray".into(),
+            image: "unused.png".into(),
+            masks: vec!["left.png".into(), "corner.png".into()],
+            class: "lungs".into(),
+            width: 256,
+            height: 256,
+            bbox: [0, 0, 256, 256],
+            area: 128 * 256 + 64 * 64,
+            split: Split::Train,
+        };
+        let targets = Targets::load(&dir, &record).unwrap();
+        let area: f32 = targets.mask.iter().sum();
+        assert_eq!(area as u64, record.area);
+        assert_eq!(targets.mask[255 * 256 + 255], 1.0);
+        assert_eq!(targets.mask[10 * 256 + 200], 0.0);
+        let broken = Record { masks: vec!["left.png".into(), "missing.png".into()], ..record };
+        let Err(error) = Targets::load(&dir, &broken) else { panic!("a missing part mask must fail") };
+        assert!(error.to_string().contains("missing.png"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

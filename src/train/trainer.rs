@@ -60,6 +60,10 @@ pub struct TrainConfig {
     pub refit_steps: usize,
     /// Held-out training images per data set for the seg-token gate (see [`super::calibrate`]).
     pub calibration_images_per_set: usize,
+    /// Trained heads to start from instead of a fresh initialisation (no warm-up then: the full
+    /// phase fine-tunes them), e.g. the shipped ones after the data changed. A checkpoint in
+    /// `output_dir` takes precedence, so an interrupted fine-tune resumes.
+    pub start_from: Option<PathBuf>,
     /// Where the heads, their training state and the curves go.
     pub output_dir: PathBuf,
 }
@@ -216,9 +220,10 @@ struct Curves {
 }
 
 impl Curves {
-    fn open(path: PathBuf, fresh: bool) -> Result<Self> {
+    /// Appends to the CSV at `path` (a resumed run continues its curves); a new file gets the header.
+    fn open(path: PathBuf) -> Result<Self> {
         let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        if fresh {
+        if file.metadata().map_err(|e| Error::io(&path, e))?.len() == 0 {
             writeln!(file, "phase,step,loss,mask,box,similarity,presence,class,positive").map_err(|e| Error::io(&path, e))?;
         }
         Ok(Self { file, path, window: Vec::new(), started: Instant::now(), first_step: 0 })
@@ -497,6 +502,12 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
             log(&format!("resuming from {} at step {}", heads_path.display(), state.step));
             (resume_heads(reason.init(&device), bytes, log)?, state)
         }
+        Err(_) if config.start_from.is_some() => {
+            let from = config.start_from.as_ref().expect("matched");
+            let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
+            log(&format!("starting from the trained heads {} (no warm-up)", from.display()));
+            (resume_heads(reason.init(&device), bytes, log)?, TrainState { step: 0, seed: config.seed, warmed_up: true, ..TrainState::default() })
+        }
         Err(_) => {
             // A seeded start: the warm-up's cached LLM states depend on the initial projector and
             // candidate embeddings.
@@ -515,7 +526,7 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         negative_rate: config.negative_rate,
     };
     let curves_path = config.output_dir.join(CURVES_FILE);
-    let mut curves = Curves::open(curves_path.clone(), state.step == 0 && !state.warmed_up)?;
+    let mut curves = Curves::open(curves_path.clone())?;
     let plot_path = config.output_dir.join(CURVES_PLOT);
     let save = |heads: &ReasoningHeads, state: &TrainState| -> Result<()> {
         crate::weights::store::write_atomic(&plot_path, &plot_curves(&curves_path)?)?;
