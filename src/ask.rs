@@ -88,6 +88,12 @@ pub struct Answer {
     pub heatmap: Heatmap,
 }
 
+/// Holes and islands smaller than this many pixels of the mask decoder's 256×256 output are
+/// removed from an answer's mask (SAM's small-region clean-up): where the decoder's logits hover
+/// around zero, its transposed convolutions leave a grid of such dots (seen inside both lungs
+/// of chest X-rays), and no structure the decoder can resolve is that small.
+const SMALL_REGION_DECODER_PIXELS: f32 = 8.0;
+
 /// LiteMedSAM, SmolLM2 and the trained reasoning heads.
 pub struct Reasoner {
     segmenter: BoxSegmenter,
@@ -196,7 +202,8 @@ impl Reasoner {
         let score = read_f32(out.decoder.iou_predictions).await?[0];
         let (mask, bbox) = if found {
             let logits = postprocess_masks(out.decoder.low_res_masks, [sh as usize, sw as usize], [height as usize, width as usize]);
-            let mask = Mask::from_logits(width, height, &read_f32(logits).await?);
+            let min_area = (SMALL_REGION_DECODER_PIXELS / (embedding.scale * embedding.scale)).round() as usize;
+            let mask = Mask::from_logits(width, height, &read_f32(logits).await?).without_small_regions(min_area);
             let model_box = read_f32(cxcywh_to_xyxy(out.box_cxcywh, INPUT_SIZE as f64)).await?;
             let [x0, y0, x1, y1] = [0, 1, 2, 3].map(|i| model_box[i] / embedding.scale);
             let clip = |v: f32, max: u32| v.clamp(0.0, max as f32);

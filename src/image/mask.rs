@@ -46,6 +46,28 @@ impl Mask {
         (x0 != usize::MAX).then(|| PixelBox::new(x0 as f32, y0 as f32, x1 as f32, y1 as f32))
     }
 
+    /// The mask with holes and islands smaller than `min_area` pixels removed, as SAM's
+    /// `remove_small_regions` (8-connected; holes first). A hole is background enclosed by the
+    /// mask (not touching the image's edge). When every island is that small, the largest stays,
+    /// so a mask never vanishes.
+    pub fn without_small_regions(&self, min_area: usize) -> Mask {
+        let mut out = self.clone();
+        for (hole, small) in small_regions(&out, 0, min_area) {
+            if small {
+                hole.into_iter().for_each(|i| out.data[i] = 1);
+            }
+        }
+        let islands = small_regions(&out, 1, min_area);
+        let all_small = islands.iter().all(|(_, small)| *small);
+        let keep = all_small.then(|| islands.iter().enumerate().max_by_key(|(_, (r, _))| r.len()).map(|(n, _)| n)).flatten();
+        for (n, (region, small)) in islands.into_iter().enumerate() {
+            if small && Some(n) != keep {
+                region.into_iter().for_each(|i| out.data[i] = 0);
+            }
+        }
+        out
+    }
+
     /// Intersection over union with a mask of the same size (1.0 when both are empty).
     pub fn iou(&self, other: &Mask) -> f64 {
         assert_eq!((self.width, self.height), (other.width, other.height), "masks of different sizes");
@@ -185,6 +207,46 @@ fn encode_png(image: image::DynamicImage) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The 8-connected regions of pixels equal to `value`, each with whether it is under `min_area`
+/// (the small ones are listed with their pixels; large ones with none, to keep memory flat).
+/// Background regions (`value` 0) that touch the image's edge are not holes: never small.
+fn small_regions(mask: &Mask, value: u8, min_area: usize) -> Vec<(Vec<usize>, bool)> {
+    let (w, h) = (mask.width as usize, mask.height as usize);
+    let mut seen = vec![false; w * h];
+    let mut regions = Vec::new();
+    let mut stack = Vec::new();
+    for start in 0..w * h {
+        if seen[start] || mask.data[start] != value {
+            continue;
+        }
+        seen[start] = true;
+        stack.push(start);
+        let mut pixels = Vec::new();
+        let mut area = 0usize;
+        let mut touches_edge = false;
+        while let Some(i) = stack.pop() {
+            area += 1;
+            if area <= min_area {
+                pixels.push(i);
+            }
+            let (x, y) = (i % w, i / w);
+            touches_edge |= x == 0 || y == 0 || x + 1 == w || y + 1 == h;
+            for ny in y.saturating_sub(1)..=(y + 1).min(h - 1) {
+                for nx in x.saturating_sub(1)..=(x + 1).min(w - 1) {
+                    let j = ny * w + nx;
+                    if !seen[j] && mask.data[j] == value {
+                        seen[j] = true;
+                        stack.push(j);
+                    }
+                }
+            }
+        }
+        let small = area < min_area && !(value == 0 && touches_edge);
+        regions.push((if small { pixels } else { Vec::new() }, small));
+    }
+    regions
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +254,46 @@ mod tests {
     fn square_mask() -> Mask {
         // 4×3 image with foreground at x 1..3, y 1..2.
         Mask::from_logits(4, 3, &[-1., -1., -1., -1., -1., 2., 3., -1., -1., -1., -1., -1.])
+    }
+
+    /// `#` foreground, `.` background, one string per row.
+    fn drawn(rows: &[&str]) -> Mask {
+        let data = rows.iter().flat_map(|r| r.bytes().map(|b| u8::from(b == b'#'))).collect();
+        Mask { width: rows[0].len() as u32, height: rows.len() as u32, data }
+    }
+
+    #[test]
+    fn small_holes_and_islands_go_large_ones_stay() {
+        let mask = drawn(&[
+            "#####.......",
+            "#.###.....#.",
+            "#####.......",
+            "#...#.......",
+            "#...#...##..",
+            "#####...##..",
+        ]);
+        let cleaned = mask.without_small_regions(4);
+        assert_eq!(
+            cleaned,
+            drawn(&[
+                "#####.......",
+                "#####.......",
+                "#####.......",
+                "#...#.......",
+                "#...#...##..",
+                "#####...##..",
+            ]),
+            "the 1-pixel hole is filled, the 6-pixel hole stays, the 1-pixel island goes, the 4-pixel island stays"
+        );
+        assert_eq!(mask.without_small_regions(0), mask);
+    }
+
+    #[test]
+    fn a_mask_of_small_islands_keeps_its_largest() {
+        let mask = drawn(&["#..##", ".....", "..#.."]);
+        assert_eq!(mask.without_small_regions(10), drawn(&["...##", ".....", "....."]));
+        let empty = drawn(&["....."]);
+        assert_eq!(empty.without_small_regions(10), empty, "background at the edge is no hole");
     }
 
     #[test]
