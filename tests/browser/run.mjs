@@ -20,13 +20,13 @@ const image = join(fixture, 'input.png');
 const box = JSON.parse(readFileSync(join(fixture, 'case.json'), 'utf8')).box256.map(Math.round);
 const question = 'Where is the skin lesion the doctor worried about?';
 
-async function openImage(page) {
-  await page.setInputFiles('#file-input', image);
+async function openImage(page, file = image) {
+  await page.setInputFiles('#file-input', file);
   await page.waitForSelector('body[data-image-ready="true"]', { timeout: 300_000 });
 }
 
-async function askInPage(page) {
-  await page.fill('#question', question);
+async function askInPage(page, text = question) {
+  await page.fill('#question', text);
   const pieces = page.evaluate(() => new Promise((ok) => {
     // Count the explanation's updates while it streams.
     let updates = 0;
@@ -100,6 +100,22 @@ try {
   const askScore = iou(asked.mask, await pngMask(page, cliAskMask));
   console.log(`browser vs native CLI answer mask IoU: ${askScore.toFixed(4)}`);
   assert.ok(askScore >= 0.95, `browser answer mask IoU ${askScore} < 0.95`);
+
+  // The page's headline (issue 5): a chest X-ray of the validation split and "Which parts help me
+  // breathe?" — both lungs found and outlined, as the native CLI does.
+  const chest = join(root, '../shared/data/medseg/images/jsrt_scr_chest_xray/JPCLN004.png');
+  const breathe = 'Which parts help me breathe?';
+  await openImage(page, chest);
+  const lungs = await askInPage(page, breathe);
+  await page.screenshot({ path: join(artifacts, 'headline-chest-xray.png'), fullPage: true });
+  assert.equal(await page.evaluate(() => document.body.dataset.answerFound), 'true', 'the lungs were not found');
+  assert.match(await page.textContent('#answer-facts'), /Found the lungs/);
+  const cliLungs = join(artifacts, 'cli-lungs-mask.png');
+  execFileSync(medseeBin, ['ask', chest, breathe, '--variant', 'quantized', '--out', cliLungs], { stdio: 'inherit' });
+  const lungsScore = iou(lungs.mask, await pngMask(page, cliLungs));
+  console.log(`headline question on a chest X-ray: browser vs native CLI mask IoU ${lungsScore.toFixed(4)}`);
+  assert.ok(lungsScore >= 0.95, `browser lungs mask IoU ${lungsScore} < 0.95`);
+  await openImage(page);
 
   // A box prompt: the page's mask against the native CLI's `segment`.
   await segmentInPage(page);
