@@ -11,7 +11,7 @@ use crate::llm::chat::{chat_ids, Message, Role};
 use crate::llm::generate::{generate_from_ids, GenerateOptions, Sampling};
 use crate::llm::TextModel;
 use crate::reason::heads::cxcywh_to_xyxy;
-use crate::reason::knowledge::{Knowledge, Structure};
+use crate::reason::knowledge::{addressed_to_reader, Knowledge, Structure};
 use crate::reason::sequence::Layout;
 use crate::reason::{Located, ReasonConfig, ReasonOutput, ReasoningHeads};
 use crate::sam::{postprocess_masks, INPUT_SIZE};
@@ -231,8 +231,15 @@ impl Reasoner {
             return Ok(text);
         }
         let structure = known.expect("matched above");
-        let prompt = chat_ids(&self.llm.tokenizer, &explainer_messages(&answer.question, &structure), true)?;
         let tokenizer = &self.llm.tokenizer;
+        // The answer opens by naming what was found, so a 135 M model cannot drift to another
+        // structure; it goes on from there with the facts.
+        let opening = format!("The highlighted part is the {},", structure.name());
+        let mut prompt = chat_ids(tokenizer, &explainer_messages(&answer.question, &structure), true)?;
+        prompt.extend(tokenizer.encode_text(&opening)?);
+        if !on_text(&opening) {
+            return Ok(opening);
+        }
         let options = GenerateOptions {
             max_tokens: EXPLANATION_TOKENS,
             sampling: Sampling::Greedy,
@@ -253,7 +260,7 @@ impl Reasoner {
             }
         })
         .await?;
-        Ok(tokenizer.decode(&tokens)?.trim().to_string())
+        Ok(format!("{opening}{}", tokenizer.decode(&tokens)?.trim_end()))
     }
 }
 
@@ -263,14 +270,16 @@ fn sigmoid(x: f32) -> f32 {
 
 /// The conversation that asks the language model to explain what was found.
 fn explainer_messages(question: &str, structure: &Structure) -> Vec<Message> {
-    let user = format!(
-        "My question about my image: {question}\nThe highlighted part is the {}. Facts: {} It looks like {}.\n\
-         Answer my question in two short sentences, using only these facts.",
+    let e = &structure.entry;
+    let system = format!(
+        "{EXPLAINER_SYSTEM}\nThe part highlighted in the patient's image is the {}.\n- Where: {}.\n- What it does: it {}.\n- What it looks like: {}.\n\
+         Answer the patient's question in two short sentences, using only these facts.",
         structure.name(),
-        structure.description(),
-        structure.entry.appearance,
+        e.location,
+        addressed_to_reader(&e.function),
+        e.appearance,
     );
-    vec![Message::new(Role::System, EXPLAINER_SYSTEM), Message::new(Role::User, user)]
+    vec![Message::new(Role::System, system), Message::new(Role::User, question)]
 }
 
 /// The heat map as 8-bit values over the image's cells (for a PNG or the page).
