@@ -52,18 +52,18 @@ impl Mask {
     /// so a mask never vanishes.
     pub fn without_small_regions(&self, min_area: usize) -> Mask {
         let mut out = self.clone();
-        for (hole, small) in small_regions(&out, 0, min_area) {
-            if small {
-                hole.into_iter().for_each(|i| out.data[i] = 1);
+        for hole in small_regions(&out, 0, min_area).small {
+            hole.into_iter().for_each(|i| out.data[i] = 1);
+        }
+        let mut islands = small_regions(&out, 1, min_area);
+        if !islands.any_large {
+            let largest = islands.small.iter().enumerate().max_by_key(|(_, r)| r.len()).map(|(n, _)| n);
+            if let Some(n) = largest {
+                islands.small.swap_remove(n);
             }
         }
-        let islands = small_regions(&out, 1, min_area);
-        let all_small = islands.iter().all(|(_, small)| *small);
-        let keep = all_small.then(|| islands.iter().enumerate().max_by_key(|(_, (r, _))| r.len()).map(|(n, _)| n)).flatten();
-        for (n, (region, small)) in islands.into_iter().enumerate() {
-            if small && Some(n) != keep {
-                region.into_iter().for_each(|i| out.data[i] = 0);
-            }
+        for island in islands.small {
+            island.into_iter().for_each(|i| out.data[i] = 0);
         }
         out
     }
@@ -207,13 +207,19 @@ fn encode_png(image: image::DynamicImage) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The 8-connected regions of pixels equal to `value`, each with whether it is under `min_area`
-/// (the small ones are listed with their pixels; large ones with none, to keep memory flat).
-/// Background regions (`value` 0) that touch the image's edge are not holes: never small.
-fn small_regions(mask: &Mask, value: u8, min_area: usize) -> Vec<(Vec<usize>, bool)> {
+/// The 8-connected regions of pixels equal to `value` smaller than some area: their pixels,
+/// and whether any region was larger.
+struct Regions {
+    small: Vec<Vec<usize>>,
+    any_large: bool,
+}
+
+/// The regions of `value` under `min_area` pixels (8-connected). Background regions (`value` 0)
+/// that touch the image's edge are not holes: never small.
+fn small_regions(mask: &Mask, value: u8, min_area: usize) -> Regions {
     let (w, h) = (mask.width as usize, mask.height as usize);
     let mut seen = vec![false; w * h];
-    let mut regions = Vec::new();
+    let mut regions = Regions { small: Vec::new(), any_large: false };
     let mut stack = Vec::new();
     for start in 0..w * h {
         if seen[start] || mask.data[start] != value {
@@ -241,8 +247,11 @@ fn small_regions(mask: &Mask, value: u8, min_area: usize) -> Vec<(Vec<usize>, bo
                 }
             }
         }
-        let small = area < min_area && !(value == 0 && touches_edge);
-        regions.push((if small { pixels } else { Vec::new() }, small));
+        if area < min_area && !(value == 0 && touches_edge) {
+            regions.small.push(pixels);
+        } else {
+            regions.any_large = true;
+        }
     }
     regions
 }

@@ -62,6 +62,23 @@ fn one_mask<'de, D: serde::Deserializer<'de>>(deserializer: D) -> std::result::R
 }
 
 impl Record {
+    /// The structure's mask at image resolution: the union of its mask files (0/255).
+    pub fn load_mask(&self, root: &Path) -> Result<image::GrayImage> {
+        let mut union: Option<image::GrayImage> = None;
+        for file in &self.masks {
+            let path = root.join(file);
+            let part = image::open(&path).map_err(|e| Error::Other(format!("{}: {e}", path.display())))?.to_luma8();
+            match &mut union {
+                None => union = Some(part),
+                Some(u) if u.dimensions() == part.dimensions() => u.pixels_mut().zip(part.pixels()).for_each(|(a, b)| a.0[0] = a.0[0].max(b.0[0])),
+                Some(u) => {
+                    return Err(Error::Other(format!("{}: {:?} does not match the size of the other masks {:?}", path.display(), part.dimensions(), u.dimensions())))
+                }
+            }
+        }
+        union.ok_or_else(|| Error::Other(format!("{}: the {} record has no mask", self.id, self.class)))
+    }
+
     /// The record of `class` made of `parts` (records of one image): their masks, the box around
     /// their boxes, their summed area (the parts of a whole do not overlap).
     fn whole(class: &str, parts: &[&Record]) -> Record {

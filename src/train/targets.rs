@@ -5,7 +5,7 @@
 use image::imageops::{resize, FilterType};
 
 use super::dataset::Record;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::image::preprocess::scaled_size;
 use crate::sam::INPUT_SIZE;
 
@@ -20,21 +20,7 @@ pub struct Targets {
 
 impl Targets {
     pub fn load(root: &std::path::Path, record: &Record) -> Result<Self> {
-        let mut mask: Option<image::GrayImage> = None;
-        for file in &record.masks {
-            let path = root.join(file);
-            let part = image::open(&path).map_err(|e| Error::Other(format!("{}: {e}", path.display())))?.to_luma8();
-            match &mut mask {
-                None => mask = Some(part),
-                Some(union) if union.dimensions() == part.dimensions() => {
-                    union.pixels_mut().zip(part.pixels()).for_each(|(u, p)| u.0[0] = u.0[0].max(p.0[0]));
-                }
-                Some(union) => {
-                    return Err(Error::Other(format!("{}: {:?} does not match the size of the other masks {:?}", path.display(), part.dimensions(), union.dimensions())))
-                }
-            }
-        }
-        let mask = mask.ok_or_else(|| Error::Other(format!("{}: the {} record has no mask", record.id, record.class)))?;
+        let mask = record.load_mask(root)?;
         let (w, h, scale) = scaled_size(mask.width(), mask.height());
         let small = resize(&mask, w, h, FilterType::Nearest);
         let side = INPUT_SIZE;

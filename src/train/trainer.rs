@@ -502,8 +502,7 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
             log(&format!("resuming from {} at step {}", heads_path.display(), state.step));
             (resume_heads(reason.init(&device), bytes, log)?, state)
         }
-        Err(_) if config.start_from.is_some() => {
-            let from = config.start_from.as_ref().expect("matched");
+        Err(_) if let Some(from) = &config.start_from => {
             let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
             log(&format!("starting from the trained heads {} (no warm-up)", from.display()));
             (resume_heads(reason.init(&device), bytes, log)?, TrainState { step: 0, seed: config.seed, warmed_up: true, ..TrainState::default() })
