@@ -9,6 +9,10 @@ use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::block_linear::BlockLinear;
 use crate::error::{Error, Result};
 use crate::weights::gguf::Gguf;
 
@@ -69,7 +73,7 @@ impl LlamaConfig {
             num_layers: 2,
             num_heads: 4,
             num_kv_heads: 2,
-            ffn_size: 48,
+            ffn_size: 64,
             rope_theta: 10_000.0,
             rms_eps: 1e-5,
             max_sequence,
@@ -97,6 +101,7 @@ impl LlamaConfig {
                     gate: linear(d, self.ffn_size),
                     up: linear(d, self.ffn_size),
                     down: linear(self.ffn_size, d),
+                    blocks: None,
                 })
                 .collect(),
             norm: norm(),
@@ -104,6 +109,7 @@ impl LlamaConfig {
             rope: Rope::new(self.head_dim(), self.max_sequence, self.rope_theta, device),
             num_heads: self.num_heads,
             num_kv_heads: self.num_kv_heads,
+            output_blocks: None,
         }
     }
 }
@@ -166,6 +172,38 @@ pub struct Block {
     pub gate: Linear,
     pub up: Linear,
     pub down: Linear,
+    /// The same projections in the shipped 4-bit blocks, for one-position steps on the CPU.
+    #[module(skip)]
+    pub blocks: Option<Arc<LayerBlocks>>,
+}
+
+/// A layer's projections as [`BlockLinear`]s (present when the weights were loaded from blocks).
+#[derive(Debug)]
+pub struct LayerBlocks {
+    pub wq: BlockLinear,
+    pub wk: BlockLinear,
+    pub wv: BlockLinear,
+    pub wo: BlockLinear,
+    pub gate: BlockLinear,
+    pub up: BlockLinear,
+    pub down: BlockLinear,
+}
+
+/// Whether a `[1, 1, n]` activation is one position on the CPU, where the block path applies
+/// (on a GPU each projection would become a round trip; autodiff needs Burn's graph).
+fn one_position_on_cpu(x: &Tensor<3>) -> bool {
+    let device = x.device();
+    x.dims()[..2] == [1, 1] && device == Device::flex() && !device.is_autodiff()
+}
+
+/// The values of a CPU tensor (immediately available, also in the browser).
+fn host_values(x: Tensor<3>) -> Vec<f32> {
+    x.into_data().try_into_vec::<f32>().expect("f32 activations")
+}
+
+fn position_tensor(values: Vec<f32>, device: &Device) -> Tensor<3> {
+    let n = values.len();
+    Tensor::<1>::from_floats(values.as_slice(), device).reshape([1, 1, n])
 }
 
 /// Keys and values of every layer for the positions seen so far.
@@ -221,10 +259,21 @@ impl Block {
         let head_dim = d / heads;
         let start = cache.len;
 
+        let blocks = self.blocks.as_deref().filter(|_| one_position_on_cpu(&x));
+        let device = x.device();
+
         let h = self.attn_norm.forward(x.clone());
-        let q = self.wq.forward(h.clone()).reshape([b, s, heads, head_dim]).swap_dims(1, 2);
-        let k = self.wk.forward(h.clone()).reshape([b, s, kv_heads, head_dim]).swap_dims(1, 2);
-        let v = self.wv.forward(h).reshape([b, s, kv_heads, head_dim]).swap_dims(1, 2);
+        let (q, k, v) = match blocks {
+            Some(blocks) => {
+                let h = host_values(h);
+                let project = |w: &BlockLinear| position_tensor(w.forward(&h), &device);
+                (project(&blocks.wq), project(&blocks.wk), project(&blocks.wv))
+            }
+            None => (self.wq.forward(h.clone()), self.wk.forward(h.clone()), self.wv.forward(h)),
+        };
+        let q = q.reshape([b, s, heads, head_dim]).swap_dims(1, 2);
+        let k = k.reshape([b, s, kv_heads, head_dim]).swap_dims(1, 2);
+        let v = v.reshape([b, s, kv_heads, head_dim]).swap_dims(1, 2);
         let q = rope.apply(q, start);
         let k = rope.apply(k, start);
         let (k, v) = cache.append(layer, k, v);
@@ -242,10 +291,15 @@ impl Block {
             scores
         };
         let attn = softmax(scores, 3).matmul(v).reshape([b, heads, s, head_dim]).swap_dims(1, 2).reshape([b, s, d]);
-        let x = x + self.wo.forward(attn);
-
-        let h = self.ffn_norm.forward(x.clone());
-        x + self.down.forward(silu(self.gate.forward(h.clone())) * self.up.forward(h))
+        let Some(blocks) = blocks else {
+            let x = x + self.wo.forward(attn);
+            let h = self.ffn_norm.forward(x.clone());
+            return x + self.down.forward(silu(self.gate.forward(h.clone())) * self.up.forward(h));
+        };
+        let x = x + position_tensor(blocks.wo.forward(&host_values(attn)), &device);
+        let h = host_values(self.ffn_norm.forward(x.clone()));
+        let hidden: Vec<f32> = blocks.gate.forward(&h).into_iter().zip(blocks.up.forward(&h)).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+        x + position_tensor(blocks.down.forward(&hidden), &device)
     }
 }
 
@@ -273,6 +327,9 @@ pub struct Llama {
     pub rope: Rope,
     pub num_heads: usize,
     pub num_kv_heads: usize,
+    /// The output head in the shipped 4-bit blocks, for one sequence's next-token logits on the CPU.
+    #[module(skip)]
+    pub output_blocks: Option<Arc<BlockLinear>>,
 }
 
 impl Llama {
@@ -282,6 +339,21 @@ impl Llama {
 
     pub fn hidden_size(&self) -> usize {
         self.output.weight.dims()[0]
+    }
+
+    /// Gives the layers whose seven projections all came in 4-bit blocks (named by their record
+    /// paths, e.g. `layers.3.wq.weight`), and the output head, the block path for one-position
+    /// steps; layers with any other matrix keep Burn's path.
+    pub fn with_blocks(mut self, mut blocks: BTreeMap<String, BlockLinear>) -> Self {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let mut take = |name: &str| blocks.remove(&format!("layers.{i}.{name}.weight"));
+            let projections = (take("wq"), take("wk"), take("wv"), take("wo"), take("gate"), take("up"), take("down"));
+            if let (Some(wq), Some(wk), Some(wv), Some(wo), Some(gate), Some(up), Some(down)) = projections {
+                layer.blocks = Some(Arc::new(LayerBlocks { wq, wk, wv, wo, gate, up, down }));
+            }
+        }
+        self.output_blocks = blocks.remove("output.weight").map(Arc::new);
+        self
     }
 
     /// Token ids `[batch, seq]` → input embeddings `[batch, seq, hidden]`.
@@ -317,8 +389,14 @@ impl Llama {
     /// Next-token logits `[batch, vocab]` from the hidden state at the last position.
     pub fn last_logits(&self, hidden: Tensor<3>) -> Tensor<2> {
         let [b, s, d] = hidden.dims();
-        let last = hidden.narrow(1, s - 1, 1).reshape([b, d]);
-        self.output.forward(last)
+        let last = hidden.narrow(1, s - 1, 1);
+        match self.output_blocks.as_deref().filter(|_| one_position_on_cpu(&last)) {
+            Some(output) => {
+                let device = last.device();
+                Tensor::<1>::from_floats(output.forward(&host_values(last)).as_slice(), &device).reshape([1, self.vocab_size()])
+            }
+            None => self.output.forward(last.reshape([b, d])),
+        }
     }
 }
 
@@ -335,6 +413,51 @@ mod tests {
 
     fn tokens(ids: &[i64]) -> Tensor<2, Int> {
         Tensor::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), &Device::flex())
+    }
+
+    /// The model with every matrix rounded to 4-bit blocks (the output head to `Q4_0`, the
+    /// others to `Q4_1`, as shipped): once with the blocks attached, once with only their f32
+    /// expansion, which is what Burn computes with.
+    fn tiny_in_blocks() -> (Llama, Llama) {
+        use crate::weights::gguf::{dequantize, quantize, TensorType};
+        let device = Device::flex();
+        let mut model = tiny();
+        let mut blocks = BTreeMap::new();
+        let mut round = |name: String, linear: &mut Linear, kind: TensorType| {
+            let [inputs, outputs] = linear.weight.dims();
+            let values = linear.weight.val().into_data().try_to_vec::<f32>().unwrap();
+            let rows: Vec<f32> = (0..outputs).flat_map(|o| (0..inputs).map(move |i| (o, i))).map(|(o, i)| values[i * outputs + o]).collect();
+            let raw = quantize(kind, &rows);
+            let expanded = dequantize(kind, &raw);
+            let weight: Vec<f32> = (0..inputs).flat_map(|i| (0..outputs).map(move |o| (i, o))).map(|(i, o)| expanded[o * inputs + i]).collect();
+            linear.weight = burn::module::Param::from_tensor(Tensor::from_data(TensorData::new(weight, [inputs, outputs]), &device));
+            blocks.insert(name, BlockLinear::from_blocks(kind, outputs, &raw).unwrap().unwrap());
+        };
+        for (i, layer) in model.layers.iter_mut().enumerate() {
+            for (name, linear) in [("wq", &mut layer.wq), ("wk", &mut layer.wk), ("wv", &mut layer.wv), ("wo", &mut layer.wo), ("gate", &mut layer.gate), ("up", &mut layer.up), ("down", &mut layer.down)] {
+                round(format!("layers.{i}.{name}.weight"), linear, TensorType::Q4_1);
+            }
+        }
+        round("output.weight".into(), &mut model.output, TensorType::Q4_0);
+        (model.clone().with_blocks(blocks), model)
+    }
+
+    /// One-position steps read the blocks; they must give what Burn's f32 path gives on the
+    /// expanded matrices, step after step (the KV cache included).
+    #[test]
+    fn block_steps_equal_the_f32_path() {
+        let (with_blocks, plain) = tiny_in_blocks();
+        assert!(with_blocks.layers.iter().all(|l| l.blocks.is_some()) && with_blocks.output_blocks.is_some());
+        let (mut cache_a, mut cache_b) = (KvCache::new(), KvCache::new());
+        let mut inputs = vec![3, 17, 42];
+        for step in 0..5 {
+            let a = with_blocks.last_logits(with_blocks.forward_tokens(tokens(&inputs), &mut cache_a).unwrap().hidden);
+            let b = plain.last_logits(plain.forward_tokens(tokens(&inputs), &mut cache_b).unwrap().hidden);
+            let (a, b) = (a.into_data().try_to_vec::<f32>().unwrap(), b.into_data().try_to_vec::<f32>().unwrap());
+            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-4, "step {step}: max |Δ logit| {worst}");
+            inputs = vec![(step * 11 + 5) % 64];
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The language model: SmolLM2-135M-Instruct (LLaMA architecture) from its GGUF.
 
+pub mod block_linear;
 pub mod chat;
 pub mod generate;
 pub mod llama;
@@ -29,7 +30,10 @@ impl TextModel {
         let tokenizer = TextTokenizer::from_json(tokenizer_json)?;
         let model = match variant {
             Variant::F32 => weights::load_record(config.init(device), record_name, record)?,
-            Variant::Quantized => weights::blocks::load(config.init(device), record_name, record)?,
+            Variant::Quantized => {
+                let (model, blocks) = weights::blocks::load(config.init(device), record_name, record)?;
+                model.with_blocks(blocks)
+            }
         };
         Ok(Self { model, tokenizer, config, variant })
     }

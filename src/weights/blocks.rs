@@ -11,9 +11,12 @@ use burn::module::Module;
 use burn::store::burn_pack::{DType, Reader, Tensor as PackTensor, Writer};
 use burn::tensor::Bytes;
 
+use std::collections::BTreeMap;
+
 use super::gguf::{self, TensorType};
 use super::{apply_tensors, transpose};
 use crate::error::{Error, Result};
+use crate::llm::block_linear::BlockLinear;
 
 /// Metadata key prefix; `block_type:<tensor name>` holds the ggml type name of that tensor.
 const BLOCK_TYPE_KEY: &str = "block_type:";
@@ -50,13 +53,15 @@ pub fn write(matrices: Vec<BlockMatrix>, others: Vec<PackTensor>) -> Result<Vec<
 
 /// Loads a file written by [`write`] into `module`, expanding each block matrix to f32 only
 /// when the module takes it (one matrix at a time, so the f32 copy of the whole file never
-/// exists next to the module).
-pub fn load<M: Module>(module: M, file: &str, bytes: Vec<u8>) -> Result<M> {
+/// exists next to the module). The 4-bit matrices also come back repacked for one-position
+/// steps ([`BlockLinear`]), by tensor name.
+pub fn load<M: Module>(module: M, file: &str, bytes: Vec<u8>) -> Result<(M, BTreeMap<String, BlockLinear>)> {
     let invalid = |why: String| Error::weights(file, format!("{why}; fetch and convert the weights again"));
     let reader = Reader::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| invalid(format!("not a valid weight file ({e})")))?;
     let metadata = reader.metadata().clone();
     let stored = reader.into_tensors().map_err(|e| invalid(format!("not a valid weight file ({e})")))?;
     let mut tensors = Vec::with_capacity(stored.len());
+    let mut repacked = BTreeMap::new();
     for tensor in stored {
         let Some(kind_name) = metadata.get(&format!("{BLOCK_TYPE_KEY}{}", tensor.name)) else {
             tensors.push(tensor);
@@ -74,13 +79,16 @@ pub fn load<M: Module>(module: M, file: &str, bytes: Vec<u8>) -> Result<M> {
         }
         let cols = row_bytes / bytes_per_block * values_per_block;
         let name = tensor.name.clone();
+        let raw = tensor.to_bytes().map_err(|e| invalid(format!("{name}: {e}")))?;
+        if let Some(matrix) = BlockLinear::from_blocks(kind, rows, &raw).map_err(|e| invalid(format!("{name}: {e}")))? {
+            repacked.insert(name.clone(), matrix);
+        }
         tensors.push(PackTensor::deferred(name, DType::F32, vec![cols, rows], None, rows * cols * 4, move || {
-            let raw = tensor.to_bytes()?;
             let values = transpose(rows, cols, &gguf::dequantize(kind, &raw));
             Ok(Bytes::from_bytes_vec(values.iter().flat_map(|v| v.to_le_bytes()).collect()))
         }));
     }
-    apply_tensors(module, file, tensors)
+    Ok((apply_tensors(module, file, tensors)?, repacked))
 }
 
 #[cfg(test)]
@@ -98,8 +106,9 @@ mod tests {
         let expected = transpose(outputs, inputs, &gguf::dequantize(TensorType::Q4_1, &matrix.raw));
         let bias = PackTensor::new("bias".into(), DType::F32, vec![outputs], None, Bytes::from_bytes_vec(vec![0u8; outputs * 4]));
         let bytes = write(vec![matrix], vec![bias]).unwrap();
-        let linear: Linear = load(LinearConfig::new(inputs, outputs).init(&device), "test.bpk", bytes.clone()).unwrap();
+        let (linear, repacked): (Linear, _) = load(LinearConfig::new(inputs, outputs).init(&device), "test.bpk", bytes.clone()).unwrap();
         assert_eq!(linear.weight.val().into_data().try_to_vec::<f32>().unwrap(), expected);
+        assert_eq!(repacked["weight"].shape(), [outputs, inputs]);
 
         // A file for another shape names the file instead of panicking.
         let err = load(LinearConfig::new(32, outputs).init(&device), "test.bpk", bytes.clone()).unwrap_err().to_string();

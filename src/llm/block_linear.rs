@@ -1,0 +1,163 @@
+//! One-position steps straight from the shipped 4-bit blocks.
+//!
+//! Decoding a token multiplies one vector by every weight matrix once, so its time is the time to
+//! read the weights: the f32 matrices Burn computes with are 538 MB per token, the ggml 4-bit
+//! blocks they were expanded from ~76 MB. For one position on the CPU the model's linear layers
+//! therefore read those blocks directly (here, `y = W x` with `W` in blocks); prefill, batches,
+//! training and the GPU keep Burn's f32 matmul.
+//!
+//! Both shipped block types are `value = d·q + m` with a 4-bit level `q` per value (`Q4_1`
+//! stores `m`, `Q4_0` is `m = −8d`), so a row's dot product with `x` is, per block of 32,
+//! `d·Σ q_j x_j + m·Σ x_j`; the block sums of `x` are computed once per product.
+
+use super::super::weights::gguf::{f16_to_f32, TensorType};
+use crate::error::{Error, Result};
+
+/// Values per block.
+const BLOCK: usize = 32;
+
+/// A `[rows (outputs), cols (inputs)]` matrix in 4-bit blocks, repacked at load for the product:
+/// the f16 scales and minimums widened to f32, the 16 level bytes of each block side by side.
+#[derive(Clone)]
+pub struct BlockLinear {
+    rows: usize,
+    cols: usize,
+    scales: Vec<f32>,
+    mins: Vec<f32>,
+    /// Byte `j` of a block holds level `j` in its low nibble and level `j + 16` in its high one.
+    levels: Vec<u8>,
+}
+
+impl std::fmt::Debug for BlockLinear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlockLinear({}×{}, 4-bit)", self.rows, self.cols)
+    }
+}
+
+impl BlockLinear {
+    /// Repacks `rows` rows of raw `Q4_0`/`Q4_1` blocks (ggml's layout, blocks along the inputs);
+    /// `None` for other block types, which keep Burn's f32 path.
+    pub fn from_blocks(kind: TensorType, rows: usize, raw: &[u8]) -> Result<Option<Self>> {
+        let bytes_per_block = match kind {
+            TensorType::Q4_0 => 18,
+            TensorType::Q4_1 => 20,
+            _ => return Ok(None),
+        };
+        if rows == 0 || raw.len() % (rows * bytes_per_block) != 0 {
+            return Err(Error::Other(format!("{} bytes are not {rows} rows of whole {} blocks", raw.len(), kind.name())));
+        }
+        let blocks = raw.len() / bytes_per_block;
+        let mut matrix = Self { rows, cols: blocks / rows * BLOCK, scales: Vec::with_capacity(blocks), mins: Vec::with_capacity(blocks), levels: Vec::with_capacity(blocks * 16) };
+        for block in raw.chunks_exact(bytes_per_block) {
+            let half = |at: usize| f16_to_f32(u16::from_le_bytes([block[at], block[at + 1]]));
+            let d = half(0);
+            let (m, levels) = match kind {
+                TensorType::Q4_1 => (half(2), &block[4..]),
+                _ => (-8.0 * d, &block[2..]),
+            };
+            matrix.scales.push(d);
+            matrix.mins.push(m);
+            matrix.levels.extend_from_slice(levels);
+        }
+        Ok(Some(matrix))
+    }
+
+    /// Outputs and inputs.
+    pub fn shape(&self) -> [usize; 2] {
+        [self.rows, self.cols]
+    }
+
+    /// `W x` for one input vector of `cols` values.
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        assert_eq!(x.len(), self.cols, "input width");
+        let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect();
+        let mut y = vec![0.0; self.rows];
+        let per_row = self.cols / BLOCK;
+        let rows = |first: usize, out: &mut [f32]| {
+            for (i, out) in out.iter_mut().enumerate() {
+                let blocks = (first + i) * per_row..(first + i + 1) * per_row;
+                *out = row_dot(&self.levels[blocks.start * 16..blocks.end * 16], &self.scales[blocks.clone()], &self.mins[blocks], x, &sums);
+            }
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            use rayon::prelude::*;
+            // Chunks big enough that a thread's share outweighs handing it over.
+            const ROWS_PER_TASK: usize = 64;
+            y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(chunk, out)| rows(chunk * ROWS_PER_TASK, out));
+        }
+        #[cfg(target_arch = "wasm32")]
+        rows(0, &mut y);
+        y
+    }
+}
+
+/// One row's dot product, on the widest vector unit this CPU has.
+fn row_dot(levels: &[u8], scales: &[f32], mins: &[f32], x: &[f32], sums: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the features the function is compiled for were just detected.
+        return unsafe { row_dot_avx2(levels, scales, mins, x, sums) };
+    }
+    row_dot_lanes(levels, scales, mins, x, sums)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_dot_avx2(levels: &[u8], scales: &[f32], mins: &[f32], x: &[f32], sums: &[f32]) -> f32 {
+    row_dot_lanes(levels, scales, mins, x, sums)
+}
+
+/// Written as 16 independent lanes so that the compiler vectorises it (a single running sum
+/// would fix the order of the additions and keep it scalar).
+#[inline(always)]
+fn row_dot_lanes(levels: &[u8], scales: &[f32], mins: &[f32], x: &[f32], sums: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let mut offset = 0.0f32;
+    let blocks = levels.chunks_exact(16).zip(x.chunks_exact(BLOCK)).zip(scales.iter().zip(mins)).zip(sums);
+    for (((q, x), (&d, &m)), &sum) in blocks {
+        let (low, high) = x.split_at(16);
+        for j in 0..16 {
+            let level = q[j];
+            lanes[j] += d * (f32::from(level & 0x0f) * low[j] + f32::from(level >> 4) * high[j]);
+        }
+        offset += m * sum;
+    }
+    lanes.iter().sum::<f32>() + offset
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::gguf::{dequantize, quantize};
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n).map(|i| (((i * 7919 + seed * 104_729) % 1009) as f32 / 1009.0 - 0.5) * if i % 7 == 0 { 4.0 } else { 1.0 }).collect()
+    }
+
+    /// The product from blocks equals the product with the matrix the blocks expand to (the f32
+    /// path Burn runs), for both block types, to f32 rounding.
+    #[test]
+    fn the_block_product_equals_the_expanded_matrix_product() {
+        let (rows, cols) = (70, 96);
+        let x = values(cols, 1);
+        for kind in [TensorType::Q4_0, TensorType::Q4_1] {
+            let raw = quantize(kind, &values(rows * cols, 2));
+            let expanded = dequantize(kind, &raw);
+            let matrix = BlockLinear::from_blocks(kind, rows, &raw).unwrap().unwrap();
+            assert_eq!(matrix.shape(), [rows, cols]);
+            let y = matrix.forward(&x);
+            for (r, &got) in y.iter().enumerate() {
+                let expected: f64 = expanded[r * cols..(r + 1) * cols].iter().zip(&x).map(|(&w, &x)| f64::from(w) * f64::from(x)).sum();
+                assert!((f64::from(got) - expected).abs() < 1e-4 * (1.0 + expected.abs()), "{kind:?} row {r}: {got} vs {expected}");
+            }
+        }
+    }
+
+    #[test]
+    fn other_block_types_and_ragged_bytes_are_refused() {
+        assert!(BlockLinear::from_blocks(TensorType::Q8_0, 1, &[0; 34]).unwrap().is_none());
+        assert!(BlockLinear::from_blocks(TensorType::Q4_1, 2, &[0; 30]).is_err());
+        assert!(BlockLinear::from_blocks(TensorType::Q4_1, 0, &[]).is_err());
+    }
+}
