@@ -13,7 +13,7 @@ use crate::llm::TextModel;
 use crate::reason::heads::cxcywh_to_xyxy;
 use crate::reason::knowledge::{addressed_to_reader, Knowledge, Structure};
 use crate::reason::sequence::Layout;
-use crate::reason::{Located, ReasonConfig, ReasonOutput, ReasoningHeads};
+use crate::reason::{DecoderPrompt, Located, ReasonConfig, ReasonOutput, ReasoningHeads};
 use crate::sam::{postprocess_masks, INPUT_SIZE};
 use crate::segment::{read_f32, BoxSegmenter, ImageEmbedding};
 use crate::weights;
@@ -79,6 +79,9 @@ pub struct Answer {
     pub structure: Option<Understood>,
     /// Whether the seg prompt token went to the mask decoder with the box (the class gate).
     pub seg_token: bool,
+    /// Whether the box prompt was the box head's correction for this image (otherwise where the
+    /// structure usually lies: the class gate).
+    pub corrected_box: bool,
     /// Candidate fusion weights (`[SEG]`, `[BBOX]`, extra candidates…) of the mask and box branches.
     pub seg_weights: Vec<f32>,
     pub box_weights: Vec<f32>,
@@ -93,6 +96,10 @@ pub struct Answer {
 /// around zero, its transposed convolutions leave a grid of such dots (seen inside both lungs
 /// of chest X-rays), and no structure the decoder can resolve is that small.
 const SMALL_REGION_DECODER_PIXELS: f32 = 8.0;
+
+/// Added to the target logit of a class the question's words rule out (e^-30 ≈ 1e-13: never
+/// chosen, and still finite on every backend).
+const RULED_OUT_LOGIT: f32 = -30.0;
 
 /// LiteMedSAM, SmolLM2 and the trained reasoning heads.
 pub struct Reasoner {
@@ -152,11 +159,12 @@ impl Reasoner {
     }
 
     /// The reasoning graph's raw outputs for a (clean) question: one LLM pass, the heads, and
-    /// the mask decoder with the seg token where the class gate wants it.
+    /// the mask decoder prompted as the class gates want it.
     pub async fn forward(&self, embedding: &ImageEmbedding, question: &str) -> Result<ReasonOutput> {
         let (candidates, located) = self.locate(embedding, question)?;
-        let seg_token = read_f32(self.heads.seg_token_weight(located.class_logits.clone())).await?[0] >= 0.5;
-        Ok(self.decode(embedding, candidates, located, seg_token))
+        let gates = read_f32(self.heads.decoder_prompt(located.target_logits.clone())).await?;
+        let prompt = DecoderPrompt { seg_token: gates[0] >= 0.5, corrected_box: gates[1] >= 0.5 };
+        Ok(self.decode(embedding, candidates, located, prompt))
     }
 
     /// The graph up to the mask decoder: one LLM pass over the question with the image's vision
@@ -167,13 +175,15 @@ impl Reasoner {
             return Err(Error::Prompt(format!("the question is too long for the language model ({} tokens)", layout.len())));
         }
         let candidates = self.heads.candidate_states(&self.llm.model, embedding.tensor.clone(), &layout)?;
-        let located = self.heads.locate(embedding.tensor.clone(), candidates.clone());
+        let ruled_out: Vec<f32> = self.knowledge.ruled_out_by_side(question).iter().map(|&out| if out { RULED_OUT_LOGIT } else { 0.0 }).collect();
+        let ruled_out = Tensor::<1>::from_floats(ruled_out.as_slice(), &candidates.device()).reshape([1, self.classes.len()]);
+        let located = self.heads.locate(embedding.tensor.clone(), candidates.clone(), Some(ruled_out));
         Ok((candidates, located))
     }
 
     /// The mask decoder on what [`Self::locate`] found, with or without the seg prompt token.
-    pub fn decode(&self, embedding: &ImageEmbedding, candidates: Tensor<3>, located: Located, seg_token: bool) -> ReasonOutput {
-        self.heads.decode(self.segmenter.model(), embedding.tensor.clone(), candidates, located, seg_token)
+    pub fn decode(&self, embedding: &ImageEmbedding, candidates: Tensor<3>, located: Located, prompt: DecoderPrompt) -> ReasonOutput {
+        self.heads.decode(self.segmenter.model(), embedding.tensor.clone(), candidates, located, prompt)
     }
 
     /// Answers `question` about the encoded image: mask, box, presence, fusion weights, heat map.
@@ -183,7 +193,9 @@ impl Reasoner {
         let (width, height) = embedding.original_size;
         let presence = sigmoid(read_f32(out.presence_logit).await?[0]);
         let found = presence > 0.5;
-        let class_probs = read_f32(softmax(out.class_logits, 1)).await?;
+        // Found: the structure meant, given that it is here; not found: what the question asked for
+        // ("I can't find the optic disc…").
+        let class_probs = read_f32(softmax(if found { out.target_logits } else { out.class_logits }, 1)).await?;
         let structure = class_probs
             .iter()
             .enumerate()
@@ -193,7 +205,7 @@ impl Reasoner {
                 let s = self.knowledge.structure(&self.classes[i])?;
                 Some(Understood { class: s.class.clone(), name: s.name(), confidence: p })
             });
-        let seg_token = out.seg_token;
+        let DecoderPrompt { seg_token, corrected_box } = out.prompt;
         let seg_weights = read_f32(out.fused.seg_weights).await?;
         let box_weights = read_f32(out.fused.box_weights).await?;
         let (sw, sh) = embedding.scaled_size;
@@ -211,7 +223,7 @@ impl Reasoner {
         } else {
             (Mask { width, height, data: vec![0; width as usize * height as usize] }, None)
         };
-        Ok(Answer { question, found, presence, bbox, score, mask_area: mask.area(), mask_rle: mask.coco_rle(), structure, seg_token, seg_weights, box_weights, mask, heatmap })
+        Ok(Answer { question, found, presence, bbox, score, mask_area: mask.area(), mask_rle: mask.coco_rle(), structure, seg_token, corrected_box, seg_weights, box_weights, mask, heatmap })
     }
 
     /// The explanation of `answer`, streamed piece by piece to `on_text` (return false to stop).

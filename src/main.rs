@@ -120,6 +120,9 @@ enum Command {
         /// Where to write the JSON results.
         #[arg(long, default_value = "benches/results/eval.json")]
         json: PathBuf,
+        /// Also write one JSON line per question (asked, understood, found, mask and box IoU).
+        #[arg(long)]
+        answers: Option<PathBuf>,
     },
     /// Check that this build reproduces `models/device-check.json` (the check the page runs on
     /// WebGPU before using it): a fixed image and question through the shipped quantised model on the CPU.
@@ -413,9 +416,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Segment(args) => segment(&paths, &args),
         Command::Chat(args) => chat(&paths, &args),
         Command::Questions { split, held_out, seed, images, negatives } => questions(&split, held_out, seed, images, negatives),
-        Command::Eval { data, split, questions, heads, variants, seed, cache, json } => {
+        Command::Eval { data, split, questions, heads, variants, seed, cache, json, answers } => {
             let data = data.unwrap_or_else(medsee::train::dataset::Dataset::default_root);
-            let config = medsee::train::eval::EvalConfig { data, split: split.parse()?, questions, heads, variants, seed, cache_dir: cache };
+            let config = medsee::train::eval::EvalConfig { data, split: split.parse()?, questions, heads, variants, seed, cache_dir: cache, answers };
             let report = medsee::train::eval::evaluate(&paths, &config, &mut |line| eprintln!("{line}"))?;
             std::fs::write(&json, serde_json::to_string_pretty(&report).expect("json")).map_err(|e| Error::io(&json, e))?;
             let chart = json.with_extension("png");

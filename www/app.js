@@ -40,7 +40,8 @@ function showAnswer(data) {
     ? `Found${s.structure ? ` the ${s.structure.name}` : ''}: ${s.mask_area} pixels, presence ${(s.presence * 100).toFixed(0)} %, `
       + `mask quality ${(s.score * 100).toFixed(0)} % (in ${(data.askMs / 1000).toFixed(1)} s). `
       + `Fusion weights [SEG]/[BBOX]/extra: mask ${weights(s.seg_weights)}, box ${weights(s.box_weights)}; `
-      + `mask prompted by ${s.seg_token ? 'the box and the [SEG] token' : 'the box'}.`
+      + `mask prompted by ${s.corrected_box ? 'the predicted box' : 'the box where it usually lies'}`
+      + `${s.seg_token ? ' and the [SEG] token' : ''}.`
     : `Not found in this image (presence ${(s.presence * 100).toFixed(0)} %).`;
   $('answer-facts').classList.toggle('not-found', !s.found);
   document.body.dataset.answerFound = String(s.found);

@@ -116,9 +116,14 @@ impl BoxHead {
         self
     }
 
-    /// `fused`: `[B, D]`, `map`: [`map_features`], `class_probs`: `[B, classes]` → `[B, 4]`.
-    pub fn forward(&self, fused: Tensor<2>, map: Tensor<2>, class_probs: Tensor<2>) -> Tensor<2> {
-        let anchor = class_probs.matmul(self.anchors.val()).clamp(1e-3, 1.0 - 1e-3);
+    /// Where the structure usually lies: `class_probs` `[B, classes]` → `[B, 4]`.
+    pub fn anchor(&self, class_probs: Tensor<2>) -> Tensor<2> {
+        class_probs.matmul(self.anchors.val()).clamp(1e-3, 1.0 - 1e-3)
+    }
+
+    /// The anchor corrected for this image: `fused`: `[B, D]`, `map`: [`map_features`],
+    /// `anchor`: [`Self::anchor`] → `[B, 4]`.
+    pub fn forward(&self, fused: Tensor<2>, map: Tensor<2>, anchor: Tensor<2>) -> Tensor<2> {
         sigmoid(logit(anchor) + self.mlp.forward(Tensor::cat(vec![fused, map], 1)))
     }
 }
@@ -218,7 +223,7 @@ mod tests {
         let fused = Tensor::random([1, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
         let map = Tensor::random([1, MAP_FEATURES], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
         let probs = Tensor::<1>::from_floats([0.0, 1.0], &device).reshape([1, 2]);
-        let b = head.forward(fused, map, probs).into_data().try_to_vec::<f32>().unwrap();
+        let b = head.forward(fused, map, head.anchor(probs)).into_data().try_to_vec::<f32>().unwrap();
         for (got, want) in b.iter().zip([0.7, 0.6, 0.4, 0.5]) {
             assert!((got - want).abs() < 1e-5, "{b:?}");
         }

@@ -8,6 +8,12 @@ use crate::error::{Error, Result};
 
 const TABLE: &str = include_str!("knowledge.toml");
 
+/// Structures the data annotates only as their parts on some images; an image with every part
+/// also gets the whole, whose mask is the union of the parts'. JSRT chest X-rays have
+/// `left_lung` and `right_lung`, but a patient asks for "the lungs" ("which parts help me
+/// breathe?"): without this the class `lungs` would only ever be seen on eight lung CT slices.
+pub const WHOLES: &[(&str, &[&str])] = &[("lungs", &["left_lung", "right_lung"])];
+
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
@@ -33,6 +39,18 @@ impl Side {
         match self {
             Side::Left => "left",
             Side::Right => "right",
+        }
+    }
+
+    /// The one side a question names as a word ("…my left lung", "…the one on my right side"),
+    /// if it names exactly one; "left"/"right" mean the patient's side, as in the generated
+    /// questions and the table's descriptions.
+    pub fn named_in(question: &str) -> Option<Side> {
+        let words: Vec<String> = question.split(|c: char| !c.is_alphabetic()).map(str::to_lowercase).collect();
+        match (words.iter().any(|w| w == "left"), words.iter().any(|w| w == "right")) {
+            (true, false) => Some(Side::Left),
+            (false, true) => Some(Side::Right),
+            _ => None,
         }
     }
 
@@ -126,6 +144,29 @@ impl Knowledge {
         names
     }
 
+    /// Which classes (rows as in [`Self::class_names`]) a question rules out by naming one side:
+    /// the other side's structures, and the side-less forms of sided ones — `lung`, and `lungs`
+    /// (a whole of sided parts). The class head reads a 135 M model's states, which keep "left"
+    /// and "right" apart poorly (it took "the right clavicle" for the left one in half the
+    /// evaluation questions); the word itself is unambiguous.
+    pub fn ruled_out_by_side(&self, question: &str) -> Vec<bool> {
+        let names = self.class_names();
+        let Some(side) = Side::named_in(question) else {
+            return vec![false; names.len()];
+        };
+        let sided_whole = |class: &str| WHOLES.iter().any(|(whole, parts)| *whole == class && parts.iter().all(|p| self.structure(p).is_some_and(|s| s.side.is_some())));
+        names
+            .iter()
+            .map(|class| {
+                let structure = self.structure(class).expect("class names resolve");
+                match structure.side {
+                    Some(s) => s != side,
+                    None => structure.entry.sided || sided_whole(class),
+                }
+            })
+            .collect()
+    }
+
     /// The entry for a data set class (`left_lung` → the sided `lung` entry).
     pub fn structure(&self, class: &str) -> Option<Structure> {
         if let Some(entry) = self.entries.get(class) {
@@ -153,6 +194,27 @@ mod tests {
         assert_eq!(k.structure("liver").unwrap().name(), "liver");
         assert!(k.structure("left_liver").is_none(), "liver is not sided");
         assert!(k.structure("unknown_thing").is_none());
+    }
+
+    #[test]
+    fn naming_one_side_rules_out_the_other_and_the_sideless_forms() {
+        let k = Knowledge::load().unwrap();
+        let names = k.class_names();
+        let ruled_out = |question: &str| -> Vec<&str> {
+            k.ruled_out_by_side(question).iter().zip(&names).filter(|(out, _)| **out).map(|(_, n)| n.as_str()).collect()
+        };
+        let right = ruled_out("Please mark the right collarbone. I mean the one on my RIGHT side.");
+        for class in ["left_clavicle", "left_lung", "lungs"] {
+            assert!(right.contains(&class), "{class} in {right:?}");
+        }
+        for class in ["right_clavicle", "right_lung", "heart", "liver", "lv_cavity"] {
+            assert!(!right.contains(&class), "{class} in {right:?}");
+        }
+        assert!(ruled_out("Where is my left lung?").contains(&"right_lung"));
+        // No side, both sides, or "left" inside another word: nothing is ruled out.
+        for question in ["Which parts help me breathe?", "Show the left and the right lung.", "What is leftover here?"] {
+            assert!(ruled_out(question).is_empty(), "{question}: {:?}", ruled_out(question));
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod projector;
 pub mod sequence;
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{log_sigmoid, log_softmax, softmax};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
 use crate::error::Result;
@@ -62,6 +62,7 @@ impl ReasonConfig {
             content: ContentHead::new(self.embedding_channels, self.hidden, self.classes, device),
             class: ClassHead::new(d, self.classes, device),
             seg_gate: Param::from_tensor(Tensor::ones([self.classes], device)).set_require_grad(false),
+            box_gate: Param::from_tensor(Tensor::ones([self.classes], device)).set_require_grad(false),
         }
     }
 }
@@ -82,6 +83,31 @@ pub struct ReasoningHeads {
     /// the box prompt alone does better. Set after training by a calibration on training images
     /// the heads never saw (`train::calibrate`); all 1 — MediSee's graph — until then.
     pub seg_gate: Param<Tensor<1>>,
+    /// `[classes]`: 1 where the box head's correction for this image improves the mask on that
+    /// class, 0 where the class's usual place (the anchor) prompts the decoder better. Calibrated
+    /// with `seg_gate`; all 1 until then.
+    pub box_gate: Param<Tensor<1>>,
+}
+
+/// How the mask decoder is prompted, decided per class by the calibrated gates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DecoderPrompt {
+    /// The fused `[SEG]` state goes with the box as an extra prompt token.
+    pub seg_token: bool,
+    /// The box is the box head's correction of the anchor (otherwise the anchor itself).
+    pub corrected_box: bool,
+}
+
+impl DecoderPrompt {
+    /// MediSee's graph: the predicted box and the seg token.
+    pub const FULL: Self = Self { seg_token: true, corrected_box: true };
+    /// Every combination, in a fixed order.
+    pub const ALL: [Self; 4] = [
+        Self::FULL,
+        Self { seg_token: false, corrected_box: true },
+        Self { seg_token: true, corrected_box: false },
+        Self { seg_token: false, corrected_box: false },
+    ];
 }
 
 /// What the heads after the LLM find before the mask decoder runs (any batch size).
@@ -89,12 +115,17 @@ pub struct ReasoningHeads {
 pub struct Located {
     pub fused: Fused,
     pub similarity: Similarity,
-    /// `[B, 4]` (cx, cy, w, h) in [0, 1] of the padded 256×256 input.
+    /// `[B, 4]` (cx, cy, w, h) in [0, 1] of the padded 256×256 input: the box head's answer…
     pub box_cxcywh: Tensor<2>,
+    /// …and the anchor it corrected.
+    pub anchor_cxcywh: Tensor<2>,
     pub presence_logit: Tensor<1>,
+    /// `[B, classes]`: which structure the question asks for (the question alone).
     pub class_logits: Tensor<2>,
     /// `[B, classes]`: which structures the image shows.
     pub content_logits: Tensor<2>,
+    /// `[B, classes]`: which structure is meant if it is in the image (see [`ReasoningHeads::locate`]).
+    pub target_logits: Tensor<2>,
 }
 
 /// One question's outputs (batch 1).
@@ -103,7 +134,7 @@ pub struct ReasonOutput {
     /// Last-layer hidden states of the K candidates, `[1, K, D]`.
     pub candidates: Tensor<3>,
     pub fused: Fused,
-    /// `[1, 4]` (cx, cy, w, h) in [0, 1] of the padded 256×256 input.
+    /// `[1, 4]` (cx, cy, w, h) in [0, 1] of the padded 256×256 input: the box prompt.
     pub box_cxcywh: Tensor<2>,
     /// `[1]`: logit that the structure is present.
     pub presence_logit: Tensor<1>,
@@ -111,10 +142,12 @@ pub struct ReasonOutput {
     pub class_logits: Tensor<2>,
     /// `[1, classes]`: which structures the image shows.
     pub content_logits: Tensor<2>,
+    /// `[1, classes]`: which structure is meant, given that it is in the image.
+    pub target_logits: Tensor<2>,
     /// On the 64×64 embedding grid ("where the model looked").
     pub similarity: Similarity,
-    /// Whether the seg prompt token went to the mask decoder (see [`ReasoningHeads::seg_gate`]).
-    pub seg_token: bool,
+    /// How the mask decoder was prompted (see [`ReasoningHeads::seg_gate`] and `box_gate`).
+    pub prompt: DecoderPrompt,
     pub decoder: MaskDecoderOutput,
 }
 
@@ -154,45 +187,63 @@ impl ReasoningHeads {
 
     /// The heads after the LLM up to the mask decoder: fusion → class asked for, what the image
     /// shows, similarity map → box and presence. `embedding`: `[B, 256, 64, 64]`,
-    /// `candidates`: `[B, K, D]`.
-    pub fn locate(&self, embedding: Tensor<4>, candidates: Tensor<3>) -> Located {
+    /// `candidates`: `[B, K, D]`; `ruled_out`: `[B, classes]` added to the target logits
+    /// (a large negative value for a class the question's words exclude, see
+    /// [`Knowledge::ruled_out_by_side`]).
+    ///
+    /// Presence asks "is what the question means in the image?": `Σ_c P(asked c)·P(shows c)`.
+    /// Where to look asks "which structure is meant, given that it is here?": the target
+    /// distribution `∝ P(asked c)·P(shows c)`, which puts the box's anchor on a structure the
+    /// image can show — the class head alone sent "what pumps blood?" on a chest X-ray to the
+    /// cardiac MRI's ventricle. The image's evidence enters the anchor without a gradient, so the
+    /// box loss does not teach the content head.
+    pub fn locate(&self, embedding: Tensor<4>, candidates: Tensor<3>, ruled_out: Option<Tensor<2>>) -> Located {
         let fused = self.fusion.forward(candidates);
         let class_logits = self.class.forward(fused.seg.clone());
         let class_probs = softmax(class_logits.clone(), 1);
         let content_logits = self.content.forward(embedding.clone());
+        let target_logits = log_softmax(class_logits.clone(), 1) + log_sigmoid(content_logits.clone().detach());
+        let target_logits = match ruled_out {
+            Some(bias) => target_logits + bias,
+            None => target_logits,
+        };
         let similarity = self.similarity.forward(fused.seg.clone(), embedding);
         let map = map_features(similarity.logits.clone());
+        let anchor = self.box_head.anchor(softmax(target_logits.clone(), 1));
         Located {
-            box_cxcywh: self.box_head.forward(fused.bbox.clone(), map, class_probs.clone()),
+            box_cxcywh: self.box_head.forward(fused.bbox.clone(), map, anchor.clone()),
+            anchor_cxcywh: anchor,
             presence_logit: presence_logit(class_probs, content_logits.clone()),
             class_logits,
             content_logits,
+            target_logits,
             similarity,
             fused,
         }
     }
 
-    /// How much the structure asked for wants the seg token, `[B]`: the class gates weighted by
-    /// the class head's probabilities (≥ 0.5: send it).
-    pub fn seg_token_weight(&self, class_logits: Tensor<2>) -> Tensor<1> {
-        let [b, _] = class_logits.dims();
-        softmax(class_logits, 1).matmul(self.seg_gate.val().unsqueeze_dim(1)).reshape([b])
+    /// How the decoder is prompted for the structure meant: each gate weighted by the target
+    /// probabilities (batch 1; ≥ 0.5: open).
+    pub fn decoder_prompt(&self, target_logits: Tensor<2>) -> Tensor<1> {
+        let gates = Tensor::stack::<2>(vec![self.seg_gate.val(), self.box_gate.val()], 1);
+        softmax(target_logits, 1).matmul(gates).reshape([2])
     }
 
-    /// The box prompt and, with `seg_token`, the seg prompt token → LiteMedSAM's mask decoder.
-    pub fn decode(&self, sam: &LiteMedSam, embedding: Tensor<4>, candidates: Tensor<3>, located: Located, seg_token: bool) -> ReasonOutput {
-        let Located { fused, similarity, box_cxcywh, presence_logit, class_logits, content_logits } = located;
-        let prompt = seg_token.then(|| self.seg_prompt.forward(fused.seg.clone()));
-        let decoder = sam.decode_boxes(embedding, cxcywh_to_xyxy(box_cxcywh.clone(), INPUT_SIZE as f64), prompt);
-        ReasonOutput { candidates, fused, similarity, box_cxcywh, presence_logit, class_logits, content_logits, seg_token, decoder }
+    /// The mask decoder, prompted as `prompt` says with what [`Self::locate`] found.
+    pub fn decode(&self, sam: &LiteMedSam, embedding: Tensor<4>, candidates: Tensor<3>, located: Located, prompt: DecoderPrompt) -> ReasonOutput {
+        let Located { fused, similarity, box_cxcywh, anchor_cxcywh, presence_logit, class_logits, content_logits, target_logits } = located;
+        let box_cxcywh = if prompt.corrected_box { box_cxcywh } else { anchor_cxcywh };
+        let token = prompt.seg_token.then(|| self.seg_prompt.forward(fused.seg.clone()));
+        let decoder = sam.decode_boxes(embedding, cxcywh_to_xyxy(box_cxcywh.clone(), INPUT_SIZE as f64), token);
+        ReasonOutput { candidates, fused, similarity, box_cxcywh, presence_logit, class_logits, content_logits, target_logits, prompt, decoder }
     }
 
-    /// The training graph for one image embedding (`[1, 256, 64, 64]`) and question layout: the
-    /// seg token always goes to the decoder (the gate is set after training).
+    /// The training graph for one image embedding (`[1, 256, 64, 64]`) and question layout:
+    /// MediSee's prompt, the corrected box and the seg token (the gates are set after training).
     pub fn forward(&self, sam: &LiteMedSam, llm: &Llama, embedding: Tensor<4>, layout: &Layout) -> Result<ReasonOutput> {
         let candidates = self.candidate_states(llm, embedding.clone(), layout)?;
-        let located = self.locate(embedding.clone(), candidates.clone());
-        Ok(self.decode(sam, embedding, candidates, located, true))
+        let located = self.locate(embedding.clone(), candidates.clone(), None);
+        Ok(self.decode(sam, embedding, candidates, located, DecoderPrompt::FULL))
     }
 }
 
@@ -255,23 +306,52 @@ mod tests {
         assert_eq!(out.decoder.tokens.dims(), [1, 8, 256]);
     }
 
+    /// The box's anchor follows the target distribution: what the question's words rule out
+    /// moves it to the next class, and a class the image does not show loses it too.
     #[test]
-    fn the_class_gate_decides_whether_the_seg_token_is_sent() {
+    fn the_anchor_is_the_structure_meant_among_those_the_image_shows() {
+        let (device, _, llm, mut heads, layout, embedding) = setup();
+        let anchors: Vec<f32> = (0..5).flat_map(|c| [0.1 + 0.15 * c as f32, 0.5, 0.2, 0.3]).collect();
+        heads.box_head.anchors = Param::from_tensor(Tensor::<1>::from_floats(anchors.as_slice(), &device).reshape([5, 4]));
+        heads.box_head = heads.box_head.without_correction();
+        // The question asks for class 0 (then 1); the image shows every class but 2.
+        heads.class.linear.weight = Param::from_tensor(Tensor::zeros([32, 5], &device));
+        heads.class.linear.bias = Some(Param::from_tensor(Tensor::from_floats([20.0, 10.0, 5.0, 0.0, 0.0], &device)));
+        let last = heads.content.mlp.layers.last_mut().unwrap();
+        last.weight = Param::from_tensor(last.weight.val().zeros_like());
+        last.bias = Some(Param::from_tensor(Tensor::from_floats([9.0, 9.0, -20.0, 9.0, 9.0], &device)));
+        let candidates = heads.candidate_states(&llm, embedding.clone(), &layout).unwrap();
+        let anchor_x = |ruled_out: Option<[f32; 5]>| {
+            let bias = ruled_out.map(|b| Tensor::<1>::from_floats(b, &device).reshape([1, 5]));
+            heads.locate(embedding.clone(), candidates.clone(), bias).box_cxcywh.narrow(1, 0, 1).into_scalar::<f32>()
+        };
+        assert!((anchor_x(None) - 0.1).abs() < 0.01, "class 0: {}", anchor_x(None));
+        assert!((anchor_x(Some([-30.0, 0.0, 0.0, 0.0, 0.0])) - 0.25).abs() < 0.01, "class 1");
+        // Class 2 is what the question asks for next, but the image does not show it.
+        assert!((anchor_x(Some([-30.0, -30.0, 0.0, 0.0, 0.0])) - 0.625).abs() < 0.01, "classes 3 and 4 share it");
+    }
+
+    #[test]
+    fn the_class_gates_decide_how_the_decoder_is_prompted() {
         let (device, sam, llm, mut heads, layout, embedding) = setup();
         heads.seg_gate = Param::from_tensor(Tensor::from_floats([1.0, 0.0, 0.0, 1.0, 0.0], &device));
+        heads.box_gate = Param::from_tensor(Tensor::from_floats([0.0, 0.0, 1.0, 1.0, 1.0], &device));
         let sure_of = |class: usize| {
             let logits: Vec<f32> = (0..5).map(|c| if c == class { 20.0 } else { 0.0 }).collect();
             Tensor::<1>::from_floats(logits.as_slice(), &device).reshape([1, 5])
         };
-        let weight = |class: usize| heads.seg_token_weight(sure_of(class)).into_scalar::<f32>();
-        assert!(weight(0) > 0.99 && weight(3) > 0.99 && weight(1) < 0.01, "{} {} {}", weight(0), weight(3), weight(1));
+        let gates = |class: usize| heads.decoder_prompt(sure_of(class)).into_data().try_to_vec::<f32>().unwrap();
+        let open = |class: usize| gates(class).iter().map(|&g| g > 0.5).collect::<Vec<_>>();
+        assert_eq!([open(0), open(1), open(3)], [vec![true, false], vec![false, false], vec![true, true]], "{:?}", gates(0));
         let candidates = heads.candidate_states(&llm, embedding.clone(), &layout).unwrap();
-        let located = heads.locate(embedding.clone(), candidates.clone());
-        let without = heads.decode(&sam, embedding.clone(), candidates.clone(), located.clone(), false);
-        assert!(!without.seg_token);
+        let located = heads.locate(embedding.clone(), candidates.clone(), None);
+        let anchor = located.anchor_cxcywh.clone().into_data().try_to_vec::<f32>().unwrap();
+        let corrected = located.box_cxcywh.clone().into_data().try_to_vec::<f32>().unwrap();
+        let without = heads.decode(&sam, embedding.clone(), candidates.clone(), located.clone(), DecoderPrompt { seg_token: false, corrected_box: false });
         assert_eq!(without.decoder.tokens.dims(), [1, 7, 256], "IoU + 4 mask tokens + 2 box corners, no seg token");
-        let with = heads.decode(&sam, embedding, candidates, located, true);
-        assert!(with.seg_token);
+        assert_eq!(without.box_cxcywh.into_data().try_to_vec::<f32>().unwrap(), anchor);
+        let with = heads.decode(&sam, embedding, candidates, located, DecoderPrompt::FULL);
         assert_eq!(with.decoder.tokens.dims(), [1, 8, 256]);
+        assert_eq!(with.box_cxcywh.into_data().try_to_vec::<f32>().unwrap(), corrected);
     }
 }

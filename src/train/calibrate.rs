@@ -1,9 +1,13 @@
-//! The seg-token gate, calibrated after training. MediSee sends the fused `[SEG]` state to the
-//! mask decoder as a prompt token next to the box. On some structures that token improves the
-//! mask; on others the box prompt alone gives a better one (measured here on held-out training
-//! images: 0.28 → 0.39 mean IoU without it, most on chest X-rays and fetal heads, while
-//! dermoscopy lesions lose 0.2 without it). The training images cannot tell which, because the
-//! heads have fitted them, so each class is decided on training images the heads never saw.
+//! The decoder-prompt gates, calibrated after training. MediSee sends the fused `[SEG]` state to
+//! the mask decoder as a prompt token next to the predicted box. On some structures that token
+//! improves the mask; on others the box prompt alone gives a better one (measured here on
+//! held-out training images: 0.28 → 0.39 mean IoU without it, most on chest X-rays and fetal
+//! heads, while dermoscopy lesions lose 0.2 without it). Likewise the box head's correction of
+//! the class's usual place (the anchor) helps where the image decides where the structure is
+//! (a lesion, a fetal head) and can hurt where the structure always lies in the same place (the
+//! heart on a chest X-ray). The training images cannot tell which, because the heads have
+//! fitted them, so each class chooses among the four prompts on training images the heads never
+//! saw.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,6 +21,7 @@ use super::targets::Targets;
 use super::trainer::select_images;
 use crate::ask::{clean_question, Reasoner};
 use crate::error::Result;
+use crate::reason::DecoderPrompt;
 use crate::rng::SplitMix64;
 use crate::segment::read_f32;
 
@@ -24,46 +29,46 @@ use crate::segment::read_f32;
 /// fewer follow the decision pooled over all questions.
 pub const MIN_QUESTIONS_PER_CLASS: usize = 4;
 
-/// Mask IoU of one class's calibration questions with and without the seg token, summed over
-/// its `questions`.
+/// Mask IoU of one class's calibration questions under each prompt of [`DecoderPrompt::ALL`],
+/// summed over its `questions`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GateEvidence {
     pub questions: usize,
-    pub with_token: f64,
-    pub without_token: f64,
+    pub iou: [f64; 4],
 }
 
 impl GateEvidence {
     fn add(&mut self, other: &GateEvidence) {
         self.questions += other.questions;
-        self.with_token += other.with_token;
-        self.without_token += other.without_token;
+        for (sum, iou) in self.iou.iter_mut().zip(other.iou) {
+            *sum += iou;
+        }
     }
 
-    fn mean(&self) -> (f64, f64) {
-        let n = self.questions.max(1) as f64;
-        (self.with_token / n, self.without_token / n)
+    fn means(&self) -> [f64; 4] {
+        self.iou.map(|sum| sum / self.questions.max(1) as f64)
     }
 
-    fn keeps_token(&self) -> bool {
-        let (with, without) = self.mean();
-        with >= without
+    /// The prompt with the best mean IoU; on a tie the earlier one (MediSee's graph first).
+    fn best(&self) -> DecoderPrompt {
+        let means = self.means();
+        let best = (1..4).fold(0, |best, i| if means[i] > means[best] { i } else { best });
+        DecoderPrompt::ALL[best]
     }
 }
 
-/// The gate per class (in `class_names` order): a class with enough evidence keeps the token
-/// when it does at least as well with it; the others follow the pooled evidence.
-pub fn gate_values(class_names: &[String], evidence: &BTreeMap<String, GateEvidence>) -> Vec<f32> {
+/// The prompt per class (in `class_names` order): a class with enough evidence takes its best;
+/// the others follow the pooled evidence.
+pub fn gate_values(class_names: &[String], evidence: &BTreeMap<String, GateEvidence>) -> Vec<DecoderPrompt> {
     let mut pooled = GateEvidence::default();
     for e in evidence.values() {
         pooled.add(e);
     }
-    let open = |keep: bool| if keep { 1.0 } else { 0.0 };
     class_names
         .iter()
         .map(|class| match evidence.get(class) {
-            Some(e) if e.questions >= MIN_QUESTIONS_PER_CLASS => open(e.keeps_token()),
-            _ => open(pooled.keeps_token()),
+            Some(e) if e.questions >= MIN_QUESTIONS_PER_CLASS => e.best(),
+            _ => pooled.best(),
         })
         .collect()
 }
@@ -85,7 +90,7 @@ pub fn held_out_images(data: &Dataset, used_per_set: usize, seed: u64, per_set: 
 }
 
 /// Asks about every annotated structure of `images` (training phrasings) and compares the
-/// mask with and without the seg token against the ground truth, per class.
+/// masks of the four prompts against the ground truth, per class.
 pub fn gate_evidence(reasoner: &Reasoner, data: &Dataset, images: &[&ImageItem], cache: &EmbeddingCache, seed: u64, log: &mut dyn FnMut(&str)) -> Result<BTreeMap<String, GateEvidence>> {
     cache.fill(reasoner.segmenter(), images, log)?;
     let device = reasoner.segmenter().device().clone();
@@ -99,12 +104,12 @@ pub fn gate_evidence(reasoner: &Reasoner, data: &Dataset, images: &[&ImageItem],
             let question = clean_question(&generator.positive(&structure, &mut rng).text)?;
             let (candidates, located) = reasoner.locate(&embedding, &question)?;
             let target = Targets::load(&data.root, record)?;
-            let iou = |seg_token: bool| -> Result<f64> {
-                let out = reasoner.decode(&embedding, candidates.clone(), located.clone(), seg_token);
-                Ok(mask_iou(&block_on(read_f32(out.decoder.low_res_masks))?, &target.mask))
-            };
-            let (with_token, without_token) = (iou(true)?, iou(false)?);
-            evidence.entry(record.class.clone()).or_default().add(&GateEvidence { questions: 1, with_token, without_token });
+            let mut iou = [0.0; 4];
+            for (iou, prompt) in iou.iter_mut().zip(DecoderPrompt::ALL) {
+                let out = reasoner.decode(&embedding, candidates.clone(), located.clone(), prompt);
+                *iou = mask_iou(&block_on(read_f32(out.decoder.low_res_masks))?, &target.mask);
+            }
+            evidence.entry(record.class.clone()).or_default().add(&GateEvidence { questions: 1, iou });
         }
         if n % 10 == 9 || n + 1 == images.len() {
             log(&format!("calibrate: {}/{} images", n + 1, images.len()));
@@ -114,13 +119,17 @@ pub fn gate_evidence(reasoner: &Reasoner, data: &Dataset, images: &[&ImageItem],
 }
 
 /// The evidence and decisions as log lines.
-pub fn describe(class_names: &[String], evidence: &BTreeMap<String, GateEvidence>, gates: &[f32]) -> Vec<String> {
-    let mut lines = vec![format!("{:<28} {:>4} {:>10} {:>13}  seg token", "class", "n", "IoU with", "IoU without")];
-    for (class, gate) in class_names.iter().zip(gates) {
+pub fn describe(class_names: &[String], evidence: &BTreeMap<String, GateEvidence>, prompts: &[DecoderPrompt]) -> Vec<String> {
+    let mut lines = vec![format!(
+        "{:<28} {:>4} {:>9} {:>9} {:>9} {:>9}  chosen (mean mask IoU: corrected box / anchor, with / without the seg token)",
+        "class", "n", "box+tok", "box", "anch+tok", "anchor"
+    )];
+    for (class, prompt) in class_names.iter().zip(prompts) {
         if let Some(e) = evidence.get(class) {
-            let (with, without) = e.mean();
-            let decision = if e.questions >= MIN_QUESTIONS_PER_CLASS { "" } else { " (pooled)" };
-            lines.push(format!("{class:<28} {:>4} {with:>10.3} {without:>13.3}  {}{decision}", e.questions, if *gate > 0.5 { "kept" } else { "dropped" }));
+            let [a, b, c, d] = e.means();
+            let pooled = if e.questions >= MIN_QUESTIONS_PER_CLASS { "" } else { " (pooled)" };
+            let chosen = format!("{}{}", if prompt.corrected_box { "corrected box" } else { "anchor" }, if prompt.seg_token { " + seg token" } else { "" });
+            lines.push(format!("{class:<28} {:>4} {a:>9.3} {b:>9.3} {c:>9.3} {d:>9.3}  {chosen}{pooled}", e.questions));
         }
     }
     let unseen = class_names.iter().filter(|c| !evidence.contains_key(*c)).count();
@@ -132,21 +141,29 @@ pub fn describe(class_names: &[String], evidence: &BTreeMap<String, GateEvidence
 mod tests {
     use super::*;
 
-    fn evidence(questions: usize, with_token: f64, without_token: f64) -> GateEvidence {
-        GateEvidence { questions, with_token: with_token * questions as f64, without_token: without_token * questions as f64 }
+    fn evidence(questions: usize, means: [f64; 4]) -> GateEvidence {
+        GateEvidence { questions, iou: means.map(|m| m * questions as f64) }
     }
 
     #[test]
     fn classes_with_evidence_decide_and_the_rest_follow_the_pool() {
         let names: Vec<String> = ["lung", "lesion", "rare", "unseen"].map(String::from).to_vec();
         let table = BTreeMap::from([
-            ("lung".to_string(), evidence(30, 0.2, 0.6)),
-            ("lesion".to_string(), evidence(10, 0.7, 0.5)),
-            ("rare".to_string(), evidence(MIN_QUESTIONS_PER_CLASS - 1, 0.9, 0.1)),
+            ("lung".to_string(), evidence(30, [0.2, 0.6, 0.3, 0.7])),
+            ("lesion".to_string(), evidence(10, [0.7, 0.5, 0.4, 0.3])),
+            ("rare".to_string(), evidence(MIN_QUESTIONS_PER_CLASS - 1, [0.9, 0.1, 0.1, 0.1])),
         ]);
-        // Pooled: with 0.2·30 + 0.7·10 + 0.9·3 = 15.7 < without 0.6·30 + 0.5·10 + 0.1·3 = 23.3.
-        assert_eq!(gate_values(&names, &table), vec![0.0, 1.0, 0.0, 0.0]);
+        // Pooled sums: FULL 6 + 7 + 2.7 = 15.7, box only 18 + 5 + 0.3 = 23.3, anchor + token
+        // 9 + 4 + 0.3 = 13.3, anchor only 21 + 3 + 0.3 = 24.3.
+        let anchor = DecoderPrompt { seg_token: false, corrected_box: false };
+        assert_eq!(gate_values(&names, &table), vec![anchor, DecoderPrompt::FULL, anchor, anchor]);
         let lines = describe(&names, &table, &gate_values(&names, &table));
-        assert!(lines.iter().any(|l| l.starts_with("rare") && l.ends_with("dropped (pooled)")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("rare") && l.ends_with("anchor (pooled)")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("lesion") && l.ends_with("corrected box + seg token")), "{lines:?}");
+    }
+
+    #[test]
+    fn a_tie_keeps_the_medisee_prompt() {
+        assert_eq!(evidence(5, [0.5; 4]).best(), DecoderPrompt::FULL);
     }
 }

@@ -9,11 +9,7 @@ use crate::error::{Error, Result};
 use crate::image::preprocess::scaled_size;
 use crate::sam::INPUT_SIZE;
 
-/// Structures the data annotates only as their parts on some images; an image with every part
-/// also gets the whole, whose mask is the union of the parts'. JSRT chest X-rays have
-/// `left_lung` and `right_lung`, but a patient asks for "the lungs" ("which parts help me
-/// breathe?"): without this the class `lungs` would only ever be seen on eight lung CT slices.
-pub const WHOLES: &[(&str, &[&str])] = &[("lungs", &["left_lung", "right_lung"])];
+pub use crate::reason::knowledge::WHOLES;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -174,6 +174,8 @@ pub struct EvalConfig {
     pub variants: Vec<Variant>,
     pub seed: u64,
     pub cache_dir: PathBuf,
+    /// Where to write one JSON line per question and variant (for error analysis), if anywhere.
+    pub answers: Option<PathBuf>,
 }
 
 fn generated_cases<'a>(data: &'a Dataset, split: Split, seed: u64) -> Result<Vec<Case<'a>>> {
@@ -220,6 +222,8 @@ struct VariantResult {
     overall: [Accumulator; 3],
     per_set: BTreeMap<String, [Accumulator; 3]>,
     latency_ms: Vec<f64>,
+    /// One JSON object per question: what was asked, understood and scored.
+    answers: Vec<serde_json::Value>,
 }
 
 const ROWS: [&str; 3] = ["medsee (question → mask)", "text-only baseline", "upper bound (GT box)"];
@@ -233,7 +237,7 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
     cache.fill(reasoner.segmenter(), &images, log)?;
     let sam = reasoner.segmenter().model();
     let class_names = reasoner.knowledge().class_names();
-    let mut result = VariantResult { overall: Default::default(), per_set: BTreeMap::new(), latency_ms: Vec::new() };
+    let mut result = VariantResult { overall: Default::default(), per_set: BTreeMap::new(), latency_ms: Vec::new(), answers: Vec::new() };
     let mut current: Option<(&str, ImageEmbedding)> = None;
     for (n, case) in cases.iter().enumerate() {
         if current.as_ref().map(|c| c.0) != Some(case.item.id.as_str()) {
@@ -245,13 +249,19 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
         let started = Instant::now();
         let out = block_on(reasoner.forward(embedding, &clean_question(&case.question)?))?;
         let found = block_on(read_f32(out.presence_logit))?[0] > 0.0;
-        let class_logits = block_on(read_f32(out.class_logits))?;
-        let understood = class_logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
+        let target_logits = block_on(read_f32(out.target_logits))?;
+        let understood = target_logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
         let mask = block_on(read_f32(out.decoder.low_res_masks))?;
         let pred_box = block_on(read_f32(out.box_cxcywh))?;
         result.latency_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        let understood_name = understood.and_then(|i| class_names.get(i)).cloned();
+        let mut answer = json!({
+            "variant": variant.as_str(), "id": case.item.id, "question": case.question,
+            "class": case.target.map(|r| &r.class), "understood": understood_name, "found": found,
+        });
         let per_set = result.per_set.entry(set).or_default();
         let Some(record) = case.target else {
+            result.answers.push(answer);
             // The text-only baseline cannot see that the structure is missing: it always answers.
             for acc in [&mut result.overall, per_set] {
                 acc[0].add_absent(!found);
@@ -275,6 +285,12 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
             acc[1].add_present(prior_mask.as_deref(), &targets.mask, prior, target_box, true);
             acc[2].add_present(Some(&bound_mask), &targets.mask, Some(target_box), target_box, true);
         }
+        let iou = |pred: Option<&[f32]>| Overlap::of(pred, &targets.mask).iou();
+        answer["mask_iou"] = json!(iou(found.then_some(mask.as_slice())));
+        answer["box_iou"] = json!(model_box.map_or(0.0, |b| box_iou(b, target_box)));
+        answer["text_only_mask_iou"] = json!(iou(prior_mask.as_deref()));
+        answer["upper_bound_mask_iou"] = json!(iou(Some(&bound_mask)));
+        result.answers.push(answer);
         if n % 25 == 24 || n + 1 == cases.len() {
             log(&format!("eval {variant}: {}/{} questions", n + 1, cases.len()));
         }
@@ -317,8 +333,13 @@ pub fn evaluate(paths: &ModelPaths, config: &EvalConfig, log: &mut dyn FnMut(&st
         None => format!("{:?} split, generated questions with held-out phrasings", config.split),
     };
     let mut report = serde_json::Map::new();
+    let mut answers = String::new();
     for &variant in &config.variants {
         let mut result = evaluate_variant(paths, config, variant, &data, &cases, &priors, log)?;
+        for answer in &result.answers {
+            answers.push_str(&answer.to_string());
+            answers.push('\n');
+        }
         let latency = median(&mut result.latency_ms);
         let rows: Vec<(&str, Scores)> = ROWS.iter().zip(&result.overall).map(|(name, acc)| (*name, acc.scores())).collect();
         print_table(&format!("{variant} weights — {source}; median question → mask {latency:.0} ms"), &rows);
@@ -338,6 +359,9 @@ pub fn evaluate(paths: &ModelPaths, config: &EvalConfig, log: &mut dyn FnMut(&st
                 "giou_over_upper_bound": ratio, "median_question_to_mask_ms": latency, "per_set": per_set,
             }),
         );
+    }
+    if let Some(path) = &config.answers {
+        crate::weights::store::write_atomic(path, answers.as_bytes())?;
     }
     Ok(json!({ "source": source, "data": config.data, "questions": cases.len(), "heads": config.heads, "variants": report }))
 }

@@ -35,7 +35,7 @@ use super::targets::Targets;
 use crate::error::{Error, Result};
 use crate::llm::TextModel;
 use crate::reason::sequence::Layout;
-use crate::reason::{Located, ReasonConfig, ReasonOutput, ReasoningHeads};
+use crate::reason::{DecoderPrompt, Located, ReasonConfig, ReasonOutput, ReasoningHeads};
 use crate::segment::read_f32;
 use crate::rng::SplitMix64;
 use crate::segment::BoxSegmenter;
@@ -310,6 +310,7 @@ impl Batched {
                 box_head: heads.box_head,
                 content: heads.content,
                 seg_gate: heads.seg_gate,
+                box_gate: heads.box_gate,
             },
         }
     }
@@ -409,7 +410,7 @@ fn run_batched(
         let embeddings = picked.iter().map(|&i| cache.load(draws[i].item, &device)).collect::<Result<Vec<_>>>()?;
         let values: Vec<f32> = picked.iter().flat_map(|&i| states[i].clone()).collect();
         let candidates = f32_tensor(values, [BATCH, reason.candidates, reason.llm_dim], &device);
-        let located = heads.locate(Tensor::cat(embeddings, 0), candidates);
+        let located = heads.locate(Tensor::cat(embeddings, 0), candidates, None);
         let batch: Vec<&Draw> = picked.iter().map(|&i| &draws[i]).collect();
         let loss = located_loss(located, &batch, &device);
         let grads = GradientsParams::from_grads(loss.total.backward(), &heads);
@@ -567,14 +568,19 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         save(&heads, &state)?; // the calibration reads the heads as they will ship
         let reasoner = Reasoner::load(paths, Variant::F32, Some(&heads_path))?;
         let images = calibrate::held_out_images(&data, config.images_per_set, config.seed, config.calibration_images_per_set);
-        log(&format!("calibrate: seg-token gate on {} held-out training images", images.len()));
+        log(&format!("calibrate: decoder prompt per class on {} held-out training images", images.len()));
         let evidence = calibrate::gate_evidence(&reasoner, &data, &images, &cache, config.seed, log)?;
         let class_names = reasoner.knowledge().class_names();
-        let gates = calibrate::gate_values(&class_names, &evidence);
-        for line in calibrate::describe(&class_names, &evidence, &gates) {
+        let prompts = calibrate::gate_values(&class_names, &evidence);
+        for line in calibrate::describe(&class_names, &evidence, &prompts) {
             log(&format!("calibrate: {line}"));
         }
-        heads.seg_gate = Param::from_tensor(Tensor::<1>::from_floats(gates.as_slice(), &device)).set_require_grad(false);
+        let gate = |open: fn(&DecoderPrompt) -> bool| {
+            let values: Vec<f32> = prompts.iter().map(|p| if open(p) { 1.0 } else { 0.0 }).collect();
+            Param::from_tensor(Tensor::<1>::from_floats(values.as_slice(), &device)).set_require_grad(false)
+        };
+        heads.seg_gate = gate(|p| p.seg_token);
+        heads.box_gate = gate(|p| p.corrected_box);
         state.calibrated = true;
     }
     // Saved again so that a finished run rewritten by a newer medsee gets the current format.
