@@ -108,22 +108,41 @@ unsafe fn row_dot_avx2(levels: &[u8], scales: &[f32], mins: &[f32], x: &[f32], s
     row_dot_lanes(levels, scales, mins, x, sums)
 }
 
-/// Written as 16 independent lanes so that the compiler vectorises it (a single running sum
-/// would fix the order of the additions and keep it scalar).
+/// Written as independent lanes so that the compiler vectorises it (a single running sum would
+/// fix the order of the additions and keep it scalar): 16 lanes across a block, and a set of them
+/// for even and one for odd blocks, so that a block's additions do not wait for the previous
+/// one's (measured: 20 → 17 ms per token; a loop over the sets instead of two named ones stopped
+/// the vectorisation).
 #[inline(always)]
 fn row_dot_lanes(levels: &[u8], scales: &[f32], mins: &[f32], x: &[f32], sums: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 16];
-    let mut offset = 0.0f32;
-    let blocks = levels.chunks_exact(16).zip(x.chunks_exact(BLOCK)).zip(scales.iter().zip(mins)).zip(sums);
-    for (((q, x), (&d, &m)), &sum) in blocks {
-        let (low, high) = x.split_at(16);
-        for j in 0..16 {
-            let level = q[j];
-            lanes[j] += d * (f32::from(level & 0x0f) * low[j] + f32::from(level >> 4) * high[j]);
-        }
-        offset += m * sum;
+    let (mut even, mut odd) = ([0.0f32; 16], [0.0f32; 16]);
+    let pairs = levels.chunks_exact(32).zip(x.chunks_exact(2 * BLOCK)).zip(scales.chunks_exact(2));
+    for ((q, x), d) in pairs {
+        add_block(&mut even, &q[..16], &x[..BLOCK], d[0]);
+        add_block(&mut odd, &q[16..], &x[BLOCK..], d[1]);
     }
-    lanes.iter().sum::<f32>() + offset
+    if scales.len() % 2 == 1 {
+        let b = scales.len() - 1;
+        add_block(&mut even, &levels[16 * b..], &x[BLOCK * b..], scales[b]);
+    }
+    let mut offsets = [0.0f32; 8];
+    for (m, s) in mins.chunks(8).zip(sums.chunks(8)) {
+        for (i, (m, s)) in m.iter().zip(s).enumerate() {
+            offsets[i] += m * s;
+        }
+    }
+    even.iter().chain(&odd).sum::<f32>() + offsets.iter().sum::<f32>()
+}
+
+/// One block's `d·Σ q_j x_j` into the lanes.
+#[inline(always)]
+fn add_block(lanes: &mut [f32; 16], q: &[u8], x: &[f32], d: f32) {
+    let q: &[u8; 16] = q.try_into().expect("16 level bytes");
+    let (low, high) = x.split_at(16);
+    let (low, high): (&[f32; 16], &[f32; 16]) = (low.try_into().expect("16 values"), high.try_into().expect("16 values"));
+    for j in 0..16 {
+        lanes[j] += d * (f32::from(q[j] & 0x0f) * low[j] + f32::from(q[j] >> 4) * high[j]);
+    }
 }
 
 #[cfg(test)]
