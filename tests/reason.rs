@@ -94,6 +94,21 @@ fn the_shipped_heads_find_the_asked_structure_on_held_out_images() {
 /// the target distribution and the calibrated decoder prompts; 0.341 before), minus 0.1.
 const SHIPPED_HEADS_MIN_MEAN_IOU: f64 = 0.35;
 
+/// The first `n` chest X-rays of the validation split (never trained on), with the data folder
+/// and the shipped model; `None`, said on stderr, when the shared data is not beside this
+/// checkout.
+fn validation_chest_xrays(n: usize) -> Option<(std::path::PathBuf, Vec<medsee::train::dataset::ImageItem>, medsee::Reasoner)> {
+    use medsee::train::dataset::{Dataset, Split};
+    let Some(root) = common::shared_data() else {
+        eprintln!("skipped: ../shared/data/medseg is not beside this checkout");
+        return None;
+    };
+    let data = Dataset::load(&root).unwrap();
+    let xrays: Vec<_> = data.split(Split::Val).filter(|i| i.modality == "xray").take(n).cloned().collect();
+    assert_eq!(xrays.len(), n, "chest X-rays in the validation split");
+    Some((root, xrays, medsee::Reasoner::load(&common::model_paths(), Variant::Quantized, None).unwrap()))
+}
+
 /// The page's headline question (issue 5): "Which parts help me breathe?" on chest X-rays of the
 /// validation split (never trained on) must find the lungs — both of them, the union of JSRT's
 /// left and right lung masks — and outline them. Before the data set composed `lungs` from the two
@@ -102,15 +117,7 @@ const SHIPPED_HEADS_MIN_MEAN_IOU: f64 = 0.35;
 fn the_headline_question_finds_both_lungs_on_chest_xrays() {
     use futures_lite::future::block_on;
     use medsee::image::Mask;
-    use medsee::train::dataset::{Dataset, Split};
-    let Some(root) = common::shared_data() else {
-        eprintln!("skipped: ../shared/data/medseg is not beside this checkout");
-        return;
-    };
-    let data = Dataset::load(&root).unwrap();
-    let xrays: Vec<_> = data.split(Split::Val).filter(|i| i.modality == "xray").take(HEADLINE_IMAGES).collect();
-    assert_eq!(xrays.len(), HEADLINE_IMAGES, "chest X-rays in the validation split");
-    let reasoner = medsee::Reasoner::load(&common::model_paths(), Variant::Quantized, None).unwrap();
+    let Some((root, xrays, reasoner)) = validation_chest_xrays(HEADLINE_IMAGES) else { return };
     let mut ious = Vec::new();
     for item in xrays {
         let image = medsee::image::decode_image(&std::fs::read(&item.image).unwrap()).unwrap();
@@ -139,14 +146,8 @@ const HEADLINE_MIN_MEAN_IOU: f64 = 0.65;
 #[test]
 fn the_side_a_question_names_is_the_side_answered() {
     use futures_lite::future::block_on;
-    use medsee::train::dataset::{Dataset, Split};
-    let Some(root) = common::shared_data() else {
-        eprintln!("skipped: ../shared/data/medseg is not beside this checkout");
-        return;
-    };
-    let data = Dataset::load(&root).unwrap();
-    let xray = data.split(Split::Val).find(|i| i.modality == "xray").expect("a chest X-ray in the validation split");
-    let reasoner = medsee::Reasoner::load(&common::model_paths(), Variant::Quantized, None).unwrap();
+    let Some((_, xrays, reasoner)) = validation_chest_xrays(1) else { return };
+    let xray = &xrays[0];
     let embedding = reasoner.encode(&medsee::image::decode_image(&std::fs::read(&xray.image).unwrap()).unwrap());
     let centre_x = |question: &str, class: &str| {
         let answer = block_on(reasoner.ask(&embedding, question)).unwrap();

@@ -62,6 +62,21 @@ impl BlockLinear {
         Ok(Some(matrix))
     }
 
+    /// One matrix whose rows are those of `parts` in order (all with the same inputs): one
+    /// product instead of several where they read the same vector.
+    pub fn stack_rows(parts: Vec<BlockLinear>) -> Self {
+        let cols = parts[0].cols;
+        assert!(parts.iter().all(|p| p.cols == cols), "stacked matrices read the same inputs");
+        let mut stacked = Self { rows: 0, cols, scales: Vec::new(), mins: Vec::new(), levels: Vec::new() };
+        for part in parts {
+            stacked.rows += part.rows;
+            stacked.scales.extend(part.scales);
+            stacked.mins.extend(part.mins);
+            stacked.levels.extend(part.levels);
+        }
+        stacked
+    }
+
     /// Outputs and inputs.
     pub fn shape(&self) -> [usize; 2] {
         [self.rows, self.cols]
@@ -166,6 +181,9 @@ mod tests {
             let matrix = BlockLinear::from_blocks(kind, rows, &raw).unwrap().unwrap();
             assert_eq!(matrix.shape(), [rows, cols]);
             let y = matrix.forward(&x);
+            // Stacked with itself: the same rows twice.
+            let twice = BlockLinear::stack_rows(vec![matrix.clone(), matrix]);
+            assert_eq!(twice.forward(&x), [y.clone(), y.clone()].concat());
             for (r, &got) in y.iter().enumerate() {
                 let expected: f64 = expanded[r * cols..(r + 1) * cols].iter().zip(&x).map(|(&w, &x)| f64::from(w) * f64::from(x)).sum();
                 assert!((f64::from(got) - expected).abs() < 1e-4 * (1.0 + expected.abs()), "{kind:?} row {r}: {got} vs {expected}");
