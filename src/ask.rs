@@ -181,7 +181,7 @@ impl Reasoner {
         Ok((candidates, located))
     }
 
-    /// The mask decoder on what [`Self::locate`] found, with or without the seg prompt token.
+    /// The mask decoder on what [`Self::locate`] found, prompted as `prompt` says.
     pub fn decode(&self, embedding: &ImageEmbedding, candidates: Tensor<3>, located: Located, prompt: DecoderPrompt) -> ReasonOutput {
         self.heads.decode(self.segmenter.model(), embedding.tensor.clone(), candidates, located, prompt)
     }

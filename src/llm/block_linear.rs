@@ -88,6 +88,7 @@ impl BlockLinear {
         let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect();
         let mut y = vec![0.0; self.rows];
         let per_row = self.cols / BLOCK;
+        let row_dot = row_dot();
         let rows = |first: usize, out: &mut [f32]| {
             for (i, out) in out.iter_mut().enumerate() {
                 let blocks = (first + i) * per_row..(first + i + 1) * per_row;
@@ -107,14 +108,17 @@ impl BlockLinear {
     }
 }
 
-/// One row's dot product, on the widest vector unit this CPU has.
-fn row_dot(levels: &[u8], scales: &[f32], mins: &[f32], x: &[f32], sums: &[f32]) -> f32 {
+/// One row's dot product: levels, scales, minimums, input, the input's block sums.
+type RowDot = fn(&[u8], &[f32], &[f32], &[f32], &[f32]) -> f32;
+
+/// The row kernel for the widest vector unit this CPU has (chosen once per product, not per row).
+fn row_dot() -> RowDot {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the features the function is compiled for were just detected.
-        return unsafe { row_dot_avx2(levels, scales, mins, x, sums) };
+        return |levels, scales, mins, x, sums| unsafe { row_dot_avx2(levels, scales, mins, x, sums) };
     }
-    row_dot_lanes(levels, scales, mins, x, sums)
+    row_dot_lanes
 }
 
 #[cfg(target_arch = "x86_64")]
