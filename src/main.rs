@@ -466,12 +466,30 @@ fn device_check(paths: &ModelPaths, write: Option<&Path>) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    keep_large_allocations_in_the_heap();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("medsee: error: {error}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// glibc serves every allocation above its mmap threshold (at most 32 MB by default) with a
+/// fresh mapping and returns it on free: each of TinyViT's 16–64 MB activations then costs
+/// zeroed pages and TLB shoot-downs across the threads (`perf`: a quarter of the encoder's time
+/// in the kernel). Kept in the heap, freed blocks are reused: encode 2.0–2.4 s → 1.2–1.6 s here,
+/// peak RSS unchanged (262 MB).
+fn keep_large_allocations_in_the_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const ONE_GIB: libc::c_int = 1 << 30;
+        // SAFETY: mallopt only sets allocator parameters; called before any thread exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, ONE_GIB);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, ONE_GIB);
         }
     }
 }

@@ -3,10 +3,9 @@
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{ConvTranspose2d, ConvTranspose2dConfig};
-use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
-use super::common::{LayerNorm2d, Mlp};
+use super::common::{gelu, LayerNorm2d, Mlp};
 use super::two_way_transformer::{TwoWayTransformer, TwoWayTransformerConfig};
 
 #[derive(Debug, Clone)]

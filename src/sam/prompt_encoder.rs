@@ -5,10 +5,9 @@ use std::f64::consts::PI;
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Int, Tensor};
 
-use super::common::LayerNorm2d;
+use super::common::{gelu, LayerNorm2d};
 
 /// Label of a point prompt, with SAM's numeric codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

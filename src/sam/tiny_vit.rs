@@ -8,11 +8,11 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::common::LayerNorm2d;
+use super::common::{gelu, LayerNorm2d};
 
 /// Shape of the encoder. `Default` is LiteMedSAM's TinyViT-5M.
 #[derive(Debug, Clone)]
