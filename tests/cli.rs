@@ -151,8 +151,11 @@ fn ask_writes_mask_overlay_heat_map_and_json() {
         let b = &answer["box"];
         let [x0, y0, x1, y1] = ["x0", "y0", "x1", "y1"].map(|k| b[k].as_f64().unwrap());
         assert!(0.0 <= x0 && x0 < x1 && x1 <= image.width() as f64 && 0.0 <= y0 && y0 < y1 && y1 <= image.height() as f64, "{b}");
+        let tight = written.bounding_box().expect("a found structure has a mask").as_array().map(f64::from);
+        assert_eq!([x0, y0, x1, y1], tight, "the box is the mask's tight box");
+        assert!(answer["prompt_box"]["x1"].as_f64().is_some(), "the decoder's prompt box is reported too");
     } else {
-        assert!(answer["box"].is_null() && written.area() == 0, "not found means no box and an empty mask");
+        assert!(answer["box"].is_null() && answer["prompt_box"].is_null() && written.area() == 0, "not found means no box and an empty mask");
     }
     for path in [overlay, heat] {
         assert_eq!(image::image_dimensions(path).unwrap(), (image.width(), image.height()), "{path}");

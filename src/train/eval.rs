@@ -1,11 +1,11 @@
 //! `medsee eval`: the reasoning model on a data split with phrasings it was not trained on, in
 //! MediSee's metrics — gIoU (mean per-question mask IoU), cIoU (cumulative), Dice, box IoU and
-//! Acc@0.5 — per data set and overall, with how often a question about an absent structure is
-//! answered "not found" and the latency per question. Two references run in the same pass:
-//! the **upper bound** (LiteMedSAM given the ground-truth box) and a **text-only baseline**
-//! (told the target class, it prompts LiteMedSAM with that class's mean training box: everything
-//! except looking at the image to find the structure). Masks are compared in the model's
-//! 256×256 frame.
+//! Acc@0.5 (of the box an answer reports: its mask's tight box) — per data set and overall,
+//! with how often a question about an absent structure is answered "not found" and the latency
+//! per question. Two references run in the same pass: the **upper bound** (LiteMedSAM given the
+//! ground-truth box) and a **text-only baseline** (told the target class, it prompts LiteMedSAM
+//! with that class's mean training box: everything except looking at the image to find the
+//! structure). Masks are compared in the model's 256×256 frame.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,8 +19,9 @@ use super::cache::EmbeddingCache;
 use super::dataset::{Dataset, ImageItem, Record, Split};
 use super::questions::{Phrasings, QuestionGenerator};
 use super::targets::Targets;
-use crate::ask::{clean_question, Reasoner};
+use crate::ask::{clean_question, structure_box, Reasoner, SMALL_REGION_DECODER_PIXELS};
 use crate::error::{Error, Result};
+use crate::image::{Mask, PixelBox};
 use crate::reason::knowledge::Knowledge;
 use crate::rng::SplitMix64;
 use crate::sam::INPUT_SIZE;
@@ -279,7 +280,12 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
         };
         let prior_mask = prior.map(decode).transpose()?;
         let bound_mask = decode(target_box)?;
-        let model_box = found.then(|| xyxy([pred_box[0], pred_box[1], pred_box[2], pred_box[3]]));
+        // The box an answer reports, in the same frame as the masks.
+        let prompt_box = xyxy([pred_box[0], pred_box[1], pred_box[2], pred_box[3]]);
+        let model_box = found.then(|| {
+            let decoded = Mask::from_logits(INPUT_SIZE as u32, INPUT_SIZE as u32, &mask).without_small_regions(SMALL_REGION_DECODER_PIXELS as usize);
+            structure_box(&decoded, PixelBox::new(prompt_box[0], prompt_box[1], prompt_box[2], prompt_box[3])).as_array()
+        });
         for acc in [&mut result.overall, per_set] {
             acc[0].add_present(found.then_some(mask.as_slice()), &targets.mask, model_box, target_box, right_class);
             acc[1].add_present(prior_mask.as_deref(), &targets.mask, prior, target_box, true);
@@ -288,6 +294,7 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
         let iou = |pred: Option<&[f32]>| Overlap::of(pred, &targets.mask).iou();
         answer["mask_iou"] = json!(iou(found.then_some(mask.as_slice())));
         answer["box_iou"] = json!(model_box.map_or(0.0, |b| box_iou(b, target_box)));
+        answer["prompt_box_iou"] = json!(if found { box_iou(prompt_box, target_box) } else { 0.0 });
         answer["text_only_mask_iou"] = json!(iou(prior_mask.as_deref()));
         answer["upper_bound_mask_iou"] = json!(iou(Some(&bound_mask)));
         result.answers.push(answer);
