@@ -448,7 +448,7 @@ mod tests {
         (model.clone().with_blocks(blocks), model)
     }
 
-    /// One-position steps read the blocks; they must give what Burn's f32 path gives on the
+    /// One-position steps read the blocks; they must follow what Burn's f32 path gives on the
     /// expanded matrices, step after step (the KV cache included).
     #[test]
     fn block_steps_equal_the_f32_path() {
@@ -461,7 +461,11 @@ mod tests {
             let b = plain.last_logits(plain.forward_tokens(tokens(&inputs), &mut cache_b).unwrap().hidden);
             let (a, b) = (a.into_data().try_to_vec::<f32>().unwrap(), b.into_data().try_to_vec::<f32>().unwrap());
             let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-            assert!(worst < 1e-4, "step {step}: max |Δ logit| {worst}");
+            // The blocks read the input rounded to 8 bits per block of 32 (~1 % here, through
+            // every layer of a random model); a misplaced cache entry or row moves logits by
+            // their own size.
+            let largest = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(worst < 0.05 * largest, "step {step}: max |Δ logit| {worst}, largest |logit| {largest}");
             inputs = vec![(step * 11 + 5) % 64];
         }
     }
