@@ -279,9 +279,8 @@ fn bench_llm(args: &BenchArgs, paths: &ModelPaths, threads: usize) -> Result<()>
             let started = Instant::now();
             for _ in 0..DECODE_TOKENS {
                 let row = block_on(read_f32(logits))?;
-                let next = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as i64).unwrap_or(0);
-                let token = Tensor::<2, Int>::from_data(TensorData::new(vec![next], [1, 1]), &device);
-                logits = llm.model.last_logits(llm.model.forward_tokens(token, &mut cache)?.hidden);
+                let next = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as u32).unwrap_or(0);
+                logits = llm.model.next_token_logits(next, &mut cache)?;
             }
             per_token.push(started.elapsed().as_secs_f64() / DECODE_TOKENS as f64);
         }

@@ -91,7 +91,6 @@ pub async fn generate(
         Sampling::Greedy => 0,
     };
     let mut rng = Rng::new(seed);
-    let device = next_logits.device();
     let mut logits = next_logits;
     let mut tokens = Vec::new();
     loop {
@@ -107,9 +106,7 @@ pub async fn generate(
         if !on_token(token) {
             return Ok(Generated { tokens, stop: StopReason::Cancelled });
         }
-        let input = Tensor::<2, Int>::from_data(TensorData::new(vec![token as i64], [1, 1]), &device);
-        let output = model.forward_tokens(input, cache)?;
-        logits = model.last_logits(output.hidden);
+        logits = model.next_token_logits(token, cache)?;
     }
 }
 

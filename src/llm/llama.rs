@@ -392,6 +392,23 @@ impl Llama {
         self.forward_embeddings(self.embed(tokens), cache)
     }
 
+    /// One generation step: the logits `[1, vocab]` of the token after `token`, which goes into
+    /// the cache. Runs on a worker of the thread pool: a step is ~120 small parallel products
+    /// (`block_linear`), and from outside the pool each would be handed over to the workers while
+    /// the calling thread sleeps until it is done (three threads on two cores, woken ~120 times per
+    /// token); on a worker, a product splits with the other worker directly.
+    pub fn next_token_logits(&self, token: u32, cache: &mut KvCache) -> Result<Tensor<2>> {
+        #[cfg(not(target_arch = "wasm32"))]
+        return rayon::scope(|_| self.step(token, cache));
+        #[cfg(target_arch = "wasm32")]
+        self.step(token, cache)
+    }
+
+    fn step(&self, token: u32, cache: &mut KvCache) -> Result<Tensor<2>> {
+        let input = Tensor::<2, Int>::from_data(TensorData::new(vec![token as i64], [1, 1]), &self.output.weight.device());
+        Ok(self.last_logits(self.forward_tokens(input, cache)?.hidden))
+    }
+
     /// Next-token logits `[batch, vocab]` from the hidden state at the last position.
     pub fn last_logits(&self, hidden: Tensor<3>) -> Tensor<2> {
         let [b, s, d] = hidden.dims();
