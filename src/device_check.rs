@@ -93,7 +93,10 @@ impl DeviceCheck {
         let step = side / MASK_GRID;
         let mask_logits = (0..MASK_GRID * MASK_GRID).map(|i| mask_values[(i / MASK_GRID * step + step / 2) * side + i % MASK_GRID * step + step / 2]).collect();
 
-        let llm = &reasoner.text_model().model;
+        // The language model on Burn's f32 path, the one a GPU takes: the CPU's one-position
+        // block kernels read 8-bit inputs (`llm::block_linear`) and differ from it by more than
+        // these tolerances; their own accuracy is the parity tests' business.
+        let llm = &reasoner.text_model().model.without_blocks();
         let prompt = chat_ids(&reasoner.text_model().tokenizer, &[Message::new(Role::User, CHAT)], true)?;
         let device = llm.output.weight.device();
         let ids = |tokens: &[u32]| {

@@ -362,6 +362,15 @@ impl Llama {
         self
     }
 
+    /// The model on Burn's f32 path alone (the block kernels detached): what a GPU, which always
+    /// takes that path, computes.
+    pub fn without_blocks(&self) -> Self {
+        let mut model = self.clone();
+        model.layers.iter_mut().for_each(|layer| layer.blocks = None);
+        model.output_blocks = None;
+        model
+    }
+
     /// Token ids `[batch, seq]` → input embeddings `[batch, seq, hidden]`.
     pub fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         let [b, s] = tokens.dims();
