@@ -258,14 +258,10 @@ fn row_dot_simd128(levels: &[u8], scales: &[f32], mins: &[f32], input: &Quantize
     }
     let unpack = |v: [v128; 2]| {
         let mut out = [0.0f32; 8];
-        for (i, value) in out.iter_mut().enumerate() {
-            let part = v[i / 4];
-            *value = match i % 4 {
-                0 => f32x4_extract_lane::<0>(part),
-                1 => f32x4_extract_lane::<1>(part),
-                2 => f32x4_extract_lane::<2>(part),
-                _ => f32x4_extract_lane::<3>(part),
-            };
+        // SAFETY: two 16-byte stores into the 32 bytes of `out`.
+        unsafe {
+            v128_store(out.as_mut_ptr().cast(), v[0]);
+            v128_store(out.as_mut_ptr().add(4).cast(), v[1]);
         }
         out
     };
