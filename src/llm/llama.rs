@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::block_linear::BlockLinear;
+use super::block_step::{BlockDecoder, BlockLayer};
 use crate::error::{Error, Result};
 use crate::weights::gguf::Gguf;
 
@@ -101,7 +102,6 @@ impl LlamaConfig {
                     gate: linear(d, self.ffn_size),
                     up: linear(d, self.ffn_size),
                     down: linear(self.ffn_size, d),
-                    blocks: None,
                 })
                 .collect(),
             norm: norm(),
@@ -109,7 +109,7 @@ impl LlamaConfig {
             rope: Rope::new(self.head_dim(), self.max_sequence, self.rope_theta, device),
             num_heads: self.num_heads,
             num_kv_heads: self.num_kv_heads,
-            output_blocks: None,
+            block_decoder: None,
         }
     }
 }
@@ -172,46 +172,31 @@ pub struct Block {
     pub gate: Linear,
     pub up: Linear,
     pub down: Linear,
-    /// The same projections in the shipped 4-bit blocks, for one-position steps on the CPU.
-    #[module(skip)]
-    pub blocks: Option<Arc<LayerBlocks>>,
-}
-
-/// A layer's projections as [`BlockLinear`]s (present when the weights were loaded from blocks).
-/// The products that read the same input are stacked into one (q, k, v; gate, up): four
-/// products per layer instead of seven, each split over the threads once.
-#[derive(Debug)]
-pub struct LayerBlocks {
-    /// Rows of wq, then wk, then wv.
-    pub qkv: BlockLinear,
-    pub wo: BlockLinear,
-    /// Rows of gate, then up.
-    pub gate_up: BlockLinear,
-    pub down: BlockLinear,
-}
-
-/// Whether a `[1, 1, n]` activation is one position on the CPU, where the block path applies
-/// (on a GPU each projection would become a round trip; autodiff needs Burn's graph).
-fn one_position_on_cpu(x: &Tensor<3>) -> bool {
-    let device = x.device();
-    x.dims()[..2] == [1, 1] && device == Device::flex() && !device.is_autodiff()
 }
 
 /// The values of a CPU tensor (immediately available, also in the browser).
-fn host_values(x: Tensor<3>) -> Vec<f32> {
+fn host_values<const D: usize>(x: Tensor<D>) -> Vec<f32> {
     x.into_data().try_into_vec::<f32>().expect("f32 activations")
 }
 
-fn position_tensor(values: Vec<f32>, device: &Device) -> Tensor<3> {
-    let n = values.len();
-    Tensor::<1>::from_floats(values.as_slice(), device).reshape([1, 1, n])
-}
-
-/// Keys and values of every layer for the positions seen so far.
+/// Keys and values of every layer for the positions seen so far. A layer's entry stays in the
+/// form of the path that last used it: tensors for Burn's passes, host rows for the CPU's
+/// one-position steps ([`BlockDecoder`]); it converts once when the other path takes over
+/// (prefill → steps, and back for a later turn of a conversation).
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    layers: Vec<LayerKv>,
     len: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+enum LayerKv {
+    #[default]
+    Empty,
+    /// `[batch, kv_heads, len, head_dim]` each.
+    Tensors(Tensor<4>, Tensor<4>),
+    /// One row per position: every KV head's `head_dim` values side by side (`width` in all).
+    Host { keys: Vec<f32>, values: Vec<f32>, width: usize },
 }
 
 impl KvCache {
@@ -233,24 +218,73 @@ impl KvCache {
         if len >= self.len {
             return;
         }
-        for (k, v) in self.layers.iter_mut().flatten() {
-            let [b, h, _, d] = k.dims();
-            *k = k.clone().slice([0..b, 0..h, 0..len, 0..d]);
-            *v = v.clone().slice([0..b, 0..h, 0..len, 0..d]);
+        for layer in &mut self.layers {
+            match layer {
+                LayerKv::Empty => {}
+                LayerKv::Tensors(k, v) => {
+                    let [b, h, _, d] = k.dims();
+                    *k = k.clone().slice([0..b, 0..h, 0..len, 0..d]);
+                    *v = v.clone().slice([0..b, 0..h, 0..len, 0..d]);
+                }
+                LayerKv::Host { keys, values, width } => {
+                    keys.truncate(len * *width);
+                    values.truncate(len * *width);
+                }
+            }
         }
         self.len = len;
     }
 
-    fn append(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+    fn layer(&mut self, layer: usize) -> &mut LayerKv {
         if self.layers.len() <= layer {
-            self.layers.resize(layer + 1, None);
+            self.layers.resize(layer + 1, LayerKv::Empty);
         }
-        let merged = match self.layers[layer].take() {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-            None => (k, v),
+        &mut self.layers[layer]
+    }
+
+    /// Burn's path: appends `k`, `v` (`[batch, kv_heads, s, head_dim]`) and returns the layer's
+    /// keys and values for every position.
+    fn append(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let [_, kv_heads, _, head_dim] = k.dims();
+        let device = k.device();
+        let entry = self.layer(layer);
+        let merged = match std::mem::take(entry) {
+            LayerKv::Empty => (k, v),
+            LayerKv::Tensors(pk, pv) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            LayerKv::Host { keys, values, .. } => {
+                let tensor = |rows: Vec<f32>| {
+                    let len = rows.len() / (kv_heads * head_dim);
+                    Tensor::<1>::from_floats(rows.as_slice(), &device).reshape([1, len, kv_heads, head_dim]).swap_dims(1, 2)
+                };
+                (Tensor::cat(vec![tensor(keys), k], 2), Tensor::cat(vec![tensor(values), v], 2))
+            }
         };
-        self.layers[layer] = Some(merged.clone());
+        *entry = LayerKv::Tensors(merged.0.clone(), merged.1.clone());
         merged
+    }
+
+    /// The host step's path: appends one position's `k`, `v` rows and returns the layer's rows
+    /// for every position (keys, values).
+    pub(crate) fn host_layer(&mut self, layer: usize, k: &[f32], v: &[f32]) -> (&[f32], &[f32]) {
+        let width = k.len();
+        let entry = self.layer(layer);
+        if let LayerKv::Tensors(tk, tv) = entry {
+            // `[1, kv_heads, len, head_dim]` → rows of `[kv_heads · head_dim]`.
+            let rows = |t: &Tensor<4>| host_values(t.clone().swap_dims(1, 2));
+            *entry = LayerKv::Host { keys: rows(tk), values: rows(tv), width };
+        }
+        if matches!(entry, LayerKv::Empty) {
+            *entry = LayerKv::Host { keys: Vec::new(), values: Vec::new(), width };
+        }
+        let LayerKv::Host { keys, values, .. } = entry else { unreachable!("made host rows above") };
+        keys.extend_from_slice(k);
+        values.extend_from_slice(v);
+        (keys, values)
+    }
+
+    /// Counts `positions` new positions, once every layer has appended them.
+    pub(crate) fn advance(&mut self, positions: usize) {
+        self.len += positions;
     }
 }
 
@@ -260,22 +294,10 @@ impl Block {
         let head_dim = d / heads;
         let start = cache.len;
 
-        let blocks = self.blocks.as_deref().filter(|_| one_position_on_cpu(&x));
-        let device = x.device();
-
         let h = self.attn_norm.forward(x.clone());
-        let (q, k, v) = match blocks {
-            Some(blocks) => {
-                let mut q = blocks.qkv.forward(&host_values(h));
-                let mut k = q.split_off(d);
-                let v = k.split_off(kv_heads * head_dim);
-                (position_tensor(q, &device), position_tensor(k, &device), position_tensor(v, &device))
-            }
-            None => (self.wq.forward(h.clone()), self.wk.forward(h.clone()), self.wv.forward(h)),
-        };
-        let q = q.reshape([b, s, heads, head_dim]).swap_dims(1, 2);
-        let k = k.reshape([b, s, kv_heads, head_dim]).swap_dims(1, 2);
-        let v = v.reshape([b, s, kv_heads, head_dim]).swap_dims(1, 2);
+        let q = self.wq.forward(h.clone()).reshape([b, s, heads, head_dim]).swap_dims(1, 2);
+        let k = self.wk.forward(h.clone()).reshape([b, s, kv_heads, head_dim]).swap_dims(1, 2);
+        let v = self.wv.forward(h).reshape([b, s, kv_heads, head_dim]).swap_dims(1, 2);
         let q = rope.apply(q, start);
         let k = rope.apply(k, start);
         let (k, v) = cache.append(layer, k, v);
@@ -293,17 +315,9 @@ impl Block {
             scores
         };
         let attn = softmax(scores, 3).matmul(v).reshape([b, heads, s, head_dim]).swap_dims(1, 2).reshape([b, s, d]);
-        let Some(blocks) = blocks else {
-            let x = x + self.wo.forward(attn);
-            let h = self.ffn_norm.forward(x.clone());
-            return x + self.down.forward(silu(self.gate.forward(h.clone())) * self.up.forward(h));
-        };
-        let x = x + position_tensor(blocks.wo.forward(&host_values(attn)), &device);
-        let h = host_values(self.ffn_norm.forward(x.clone()));
-        let mut gate = blocks.gate_up.forward(&h);
-        let up = gate.split_off(gate.len() / 2);
-        let hidden: Vec<f32> = gate.into_iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
-        x + position_tensor(blocks.down.forward(&hidden), &device)
+        let x = x + self.wo.forward(attn);
+        let h = self.ffn_norm.forward(x.clone());
+        x + self.down.forward(silu(self.gate.forward(h.clone())) * self.up.forward(h))
     }
 }
 
@@ -331,9 +345,9 @@ pub struct Llama {
     pub rope: Rope,
     pub num_heads: usize,
     pub num_kv_heads: usize,
-    /// The output head in the shipped 4-bit blocks, for one sequence's next-token logits on the CPU.
+    /// The whole model in the shipped 4-bit blocks, for one-position steps on the CPU.
     #[module(skip)]
-    pub output_blocks: Option<Arc<BlockLinear>>,
+    pub block_decoder: Option<Arc<BlockDecoder>>,
 }
 
 impl Llama {
@@ -345,30 +359,50 @@ impl Llama {
         self.output.weight.dims()[0]
     }
 
-    /// Gives the layers whose seven projections all came in 4-bit blocks (named by their record
-    /// paths, e.g. `layers.3.wq.weight`), and the output head, the block path for one-position
-    /// steps; layers with any other matrix keep Burn's path.
+    /// Attaches the host step ([`BlockDecoder`]) when every layer's seven projections and the
+    /// output head came in 4-bit blocks (named by their record paths, e.g.
+    /// `layers.3.wq.weight`); otherwise every step keeps Burn's path. Call on the CPU, where the
+    /// model is loaded: the norms and rotary tables are copied out of their tensors.
     pub fn with_blocks(mut self, mut blocks: BTreeMap<String, BlockLinear>) -> Self {
-        for (i, layer) in self.layers.iter_mut().enumerate() {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
             let mut take = |name: &str| blocks.remove(&format!("layers.{i}.{name}.weight"));
             let projections = (take("wq"), take("wk"), take("wv"), take("wo"), take("gate"), take("up"), take("down"));
-            if let (Some(wq), Some(wk), Some(wv), Some(wo), Some(gate), Some(up), Some(down)) = projections {
-                let qkv = BlockLinear::stack_rows(vec![wq, wk, wv]);
-                let gate_up = BlockLinear::stack_rows(vec![gate, up]);
-                layer.blocks = Some(Arc::new(LayerBlocks { qkv, wo, gate_up, down }));
-            }
+            let (Some(wq), Some(wk), Some(wv), Some(wo), Some(gate), Some(up), Some(down)) = projections else { return self };
+            layers.push(BlockLayer {
+                attn_norm: host_values(layer.attn_norm.gamma.val()),
+                qkv: BlockLinear::stack_rows(vec![wq, wk, wv]),
+                wo,
+                ffn_norm: host_values(layer.ffn_norm.gamma.val()),
+                gate_up: BlockLinear::stack_rows(vec![gate, up]),
+                down,
+            });
         }
-        self.output_blocks = blocks.remove("output.weight").map(Arc::new);
+        let Some(output) = blocks.remove("output.weight") else { return self };
+        self.block_decoder = Some(Arc::new(BlockDecoder {
+            layers,
+            norm: host_values(self.norm.gamma.val()),
+            output,
+            rms_eps: self.norm.epsilon as f32,
+            heads: self.num_heads,
+            kv_heads: self.num_kv_heads,
+            rope_cos: host_values(self.rope.cos.clone()),
+            rope_sin: host_values(self.rope.sin.clone()),
+        }));
         self
     }
 
     /// The model on Burn's f32 path alone (the block kernels detached): what a GPU, which always
     /// takes that path, computes.
     pub fn without_blocks(&self) -> Self {
-        let mut model = self.clone();
-        model.layers.iter_mut().for_each(|layer| layer.blocks = None);
-        model.output_blocks = None;
-        model
+        Self { block_decoder: None, ..self.clone() }
+    }
+
+    /// The host step, where it applies: blocks attached, and the model on the CPU outside
+    /// autodiff (on a GPU each product would be a round trip; training needs Burn's graph).
+    fn host_decoder(&self) -> Option<&BlockDecoder> {
+        let device = self.output.weight.device();
+        self.block_decoder.as_deref().filter(|_| device == Device::flex() && !device.is_autodiff())
     }
 
     /// Token ids `[batch, seq]` → input embeddings `[batch, seq, hidden]`.
@@ -382,19 +416,25 @@ impl Llama {
     /// Runs the decoder over input embeddings at the positions after those already cached.
     pub fn forward_embeddings(&self, embeddings: Tensor<3>, cache: &mut KvCache) -> Result<LlamaOutput> {
         let [_, s, _] = embeddings.dims();
-        if cache.len + s > self.rope.max_sequence() {
-            return Err(Error::Prompt(format!(
-                "the conversation is too long ({} tokens, at most {})",
-                cache.len + s,
-                self.rope.max_sequence()
-            )));
-        }
+        self.check_room(cache, s)?;
         let mut x = embeddings;
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x, i, cache, &self.rope, self.num_heads, self.num_kv_heads);
         }
         cache.len += s;
         Ok(LlamaOutput { hidden: self.norm.forward(x) })
+    }
+
+    /// An error when `positions` more would not fit the rotary tables.
+    fn check_room(&self, cache: &KvCache, positions: usize) -> Result<()> {
+        if cache.len + positions > self.rope.max_sequence() {
+            return Err(Error::Prompt(format!(
+                "the conversation is too long ({} tokens, at most {})",
+                cache.len + positions,
+                self.rope.max_sequence()
+            )));
+        }
+        Ok(())
     }
 
     pub fn forward_tokens(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Result<LlamaOutput> {
@@ -414,19 +454,22 @@ impl Llama {
     }
 
     fn step(&self, token: u32, cache: &mut KvCache) -> Result<Tensor<2>> {
-        let input = Tensor::<2, Int>::from_data(TensorData::new(vec![token as i64], [1, 1]), &self.output.weight.device());
-        Ok(self.last_logits(self.forward_tokens(input, cache)?.hidden))
+        let device = self.output.weight.device();
+        let input = Tensor::<2, Int>::from_data(TensorData::new(vec![token as i64], [1, 1]), &device);
+        let Some(decoder) = self.host_decoder() else {
+            return Ok(self.last_logits(self.forward_tokens(input, cache)?.hidden));
+        };
+        self.check_room(cache, 1)?;
+        let hidden = decoder.step(host_values(self.embed(input)), cache);
+        Ok(decoder.logits(&hidden, &device))
     }
 
     /// Next-token logits `[batch, vocab]` from the hidden state at the last position.
     pub fn last_logits(&self, hidden: Tensor<3>) -> Tensor<2> {
         let [b, s, d] = hidden.dims();
         let last = hidden.narrow(1, s - 1, 1);
-        match self.output_blocks.as_deref().filter(|_| one_position_on_cpu(&last)) {
-            Some(output) => {
-                let device = last.device();
-                Tensor::<1>::from_floats(output.forward(&host_values(last)).as_slice(), &device).reshape([1, self.vocab_size()])
-            }
+        match self.host_decoder().filter(|_| b == 1) {
+            Some(decoder) => decoder.logits(&host_values(last), &self.output.weight.device()),
             None => self.output.forward(last.reshape([b, d])),
         }
     }
@@ -474,26 +517,36 @@ mod tests {
         (model.clone().with_blocks(blocks), model)
     }
 
-    /// One-position steps read the blocks; they must follow what Burn's f32 path gives on the
-    /// expanded matrices, step after step (the KV cache included).
+    /// Host steps read the blocks and keep a host KV cache; they must follow what Burn's f32
+    /// path gives on the expanded matrices, step after step, and a later multi-position pass
+    /// (a conversation's next turn) must read the keys and values the steps left.
     #[test]
     fn block_steps_equal_the_f32_path() {
         let (with_blocks, plain) = tiny_in_blocks();
-        assert!(with_blocks.layers.iter().all(|l| l.blocks.is_some()) && with_blocks.output_blocks.is_some());
+        assert!(with_blocks.host_decoder().is_some() && plain.host_decoder().is_none());
         let (mut cache_a, mut cache_b) = (KvCache::new(), KvCache::new());
-        let mut inputs = vec![3, 17, 42];
-        for step in 0..5 {
-            let a = with_blocks.last_logits(with_blocks.forward_tokens(tokens(&inputs), &mut cache_a).unwrap().hidden);
-            let b = plain.last_logits(plain.forward_tokens(tokens(&inputs), &mut cache_b).unwrap().hidden);
+        let close = |a: Tensor<2>, b: Tensor<2>, what: &str| {
             let (a, b) = (a.into_data().try_to_vec::<f32>().unwrap(), b.into_data().try_to_vec::<f32>().unwrap());
             let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
             // The blocks read the input rounded to 8 bits per block of 32 (~1 % here, through
-            // every layer of a random model); a misplaced cache entry or row moves logits by
-            // their own size.
+            // every layer of a random model); a misplaced cache entry, position or row moves
+            // logits by their own size.
             let largest = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            assert!(worst < 0.05 * largest, "step {step}: max |Δ logit| {worst}, largest |logit| {largest}");
-            inputs = vec![(step * 11 + 5) % 64];
+            assert!(worst < 0.05 * largest, "{what}: max |Δ logit| {worst}, largest |logit| {largest}");
+        };
+        let prefill = |model: &Llama, cache: &mut KvCache, ids: &[i64]| model.last_logits(model.forward_tokens(tokens(ids), cache).unwrap().hidden);
+        close(prefill(&with_blocks, &mut cache_a, &[3, 17, 42]), prefill(&plain, &mut cache_b, &[3, 17, 42]), "prefill");
+        for step in 0..5u32 {
+            let token = (step * 11 + 5) % 64;
+            close(with_blocks.next_token_logits(token, &mut cache_a).unwrap(), plain.next_token_logits(token, &mut cache_b).unwrap(), &format!("step {step}"));
         }
+        close(prefill(&with_blocks, &mut cache_a, &[8, 9]), prefill(&plain, &mut cache_b, &[8, 9]), "next turn");
+        close(with_blocks.next_token_logits(30, &mut cache_a).unwrap(), plain.next_token_logits(30, &mut cache_b).unwrap(), "step after it");
+        assert_eq!((cache_a.len(), cache_b.len()), (11, 11));
+        // Truncating host rows keeps a shared prefix, as it does for tensors.
+        cache_a.truncate(4);
+        cache_b.truncate(4);
+        close(with_blocks.next_token_logits(7, &mut cache_a).unwrap(), plain.next_token_logits(7, &mut cache_b).unwrap(), "after truncate");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The language model: SmolLM2-135M-Instruct (LLaMA architecture) from its GGUF.
 
 pub mod block_linear;
+pub mod block_step;
 pub mod chat;
 pub mod generate;
 pub mod llama;
