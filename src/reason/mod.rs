@@ -151,6 +151,12 @@ pub struct ReasonOutput {
     pub decoder: MaskDecoderOutput,
 }
 
+/// `[B]`: the class each row of target logits `[B, classes]` means (its top).
+fn meant(target_logits: Tensor<2>) -> Tensor<1, Int> {
+    let [b, _] = target_logits.dims();
+    target_logits.argmax(1).reshape([b])
+}
+
 fn text_embeddings(llm: &Llama, ids: &[u32], device: &Device) -> Tensor<3> {
     let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
     let n = ids.len();
@@ -191,12 +197,16 @@ impl ReasoningHeads {
     /// (a large negative value for a class the question's words exclude, see
     /// [`Knowledge::ruled_out_by_side`]).
     ///
-    /// Presence asks "is what the question means in the image?": `Σ_c P(asked c)·P(shows c)`.
+    /// Presence asks "is what the question means in the image?" ([`presence_logit`]: the best of
+    /// the question's contenders by what the image shows).
     /// Where to look asks "which structure is meant, given that it is here?": the target
     /// distribution `∝ P(asked c)·P(shows c)`, which puts the box's anchor on a structure the
     /// image can show — the class head alone sent "what pumps blood?" on a chest X-ray to the
-    /// cardiac MRI's ventricle. The image's evidence enters the anchor without a gradient, so the
-    /// box loss does not teach the content head.
+    /// cardiac MRI's ventricle. The box head corrects the anchor weighted by that distribution
+    /// (the image's evidence enters it without a gradient, so the box loss does not teach the
+    /// content head); the anchor the decoder may be prompted with instead is the usual place of
+    /// the one structure meant (the distribution's top), which the answer names — a weighted
+    /// anchor put a split question's box between two structures' places.
     pub fn locate(&self, embedding: Tensor<4>, candidates: Tensor<3>, ruled_out: Option<Tensor<2>>) -> Located {
         let fused = self.fusion.forward(candidates);
         let class_logits = self.class.forward(fused.seg.clone());
@@ -211,8 +221,8 @@ impl ReasoningHeads {
         let map = map_features(similarity.logits.clone());
         let anchor = self.box_head.anchor(softmax(target_logits.clone(), 1));
         Located {
-            box_cxcywh: self.box_head.forward(fused.bbox.clone(), map, anchor.clone()),
-            anchor_cxcywh: anchor,
+            box_cxcywh: self.box_head.forward(fused.bbox.clone(), map, anchor),
+            anchor_cxcywh: self.box_head.anchor_of(meant(target_logits.clone())),
             presence_logit: presence_logit(class_probs, content_logits.clone()),
             class_logits,
             content_logits,
@@ -222,11 +232,11 @@ impl ReasoningHeads {
         }
     }
 
-    /// How the decoder is prompted for the structure meant: each gate weighted by the target
-    /// probabilities (batch 1; ≥ 0.5: open).
+    /// How the decoder is prompted for the structure meant (the target distribution's top):
+    /// its two gates, `[seg token, corrected box]` (batch 1; ≥ 0.5: open).
     pub fn decoder_prompt(&self, target_logits: Tensor<2>) -> Tensor<1> {
         let gates = Tensor::stack::<2>(vec![self.seg_gate.val(), self.box_gate.val()], 1);
-        softmax(target_logits, 1).matmul(gates).reshape([2])
+        gates.select(0, meant(target_logits)).reshape([2])
     }
 
     /// The mask decoder, prompted as `prompt` says with what [`Self::locate`] found.
@@ -329,6 +339,13 @@ mod tests {
         assert!((anchor_x(Some([-30.0, 0.0, 0.0, 0.0, 0.0])) - 0.25).abs() < 0.01, "class 1");
         // Class 2 is what the question asks for next, but the image does not show it.
         assert!((anchor_x(Some([-30.0, -30.0, 0.0, 0.0, 0.0])) - 0.625).abs() < 0.01, "classes 3 and 4 share it");
+        // Split between classes 0 and 1 (0.1 and 0.25): the box head starts between them, the
+        // anchor offered to the decoder is the top one's own place.
+        let split = Tensor::<1>::from_floats([0.0, 9.5, 0.0, 0.0, 0.0], &device).reshape([1, 5]);
+        let located = heads.locate(embedding, candidates, Some(split));
+        let corrected = located.box_cxcywh.narrow(1, 0, 1).into_scalar::<f32>();
+        assert!(corrected > 0.12 && corrected < 0.23, "weighted: {corrected}");
+        assert_eq!(located.anchor_cxcywh.into_data().try_to_vec::<f32>().unwrap(), vec![0.1, 0.5, 0.2, 0.3]);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! (a lesion, a fetal head) and can hurt where the structure always lies in the same place (the
 //! heart on a chest X-ray). The training images cannot tell which, because the heads have
 //! fitted them, so each class chooses among the four prompts on training images the heads never
-//! saw.
+//! saw — and leaves the anchor alone, the baseline's prompt, only for a gain clear of noise.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,30 +29,57 @@ use crate::segment::read_f32;
 /// fewer follow the decision pooled over all questions.
 pub const MIN_QUESTIONS_PER_CLASS: usize = 4;
 
-/// Mask IoU of one class's calibration questions under each prompt of [`DecoderPrompt::ALL`],
-/// summed over its `questions`.
+/// How far a prompt's mean gain over the anchor alone must stand above noise, in standard errors
+/// of the paired per-question differences, before a class leaves the anchor.
+pub const REQUIRED_STANDARD_ERRORS: f64 = 2.0;
+
+/// Mask IoU of one class's calibration questions under each prompt of [`DecoderPrompt::ALL`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GateEvidence {
-    pub questions: usize,
-    pub iou: [f64; 4],
+    pub ious: Vec<[f64; 4]>,
 }
+
+/// Index of the anchor alone in [`DecoderPrompt::ALL`]: the prompt of the text-only baseline.
+const ANCHOR_ONLY: usize = 3;
 
 impl GateEvidence {
     fn add(&mut self, other: &GateEvidence) {
-        self.questions += other.questions;
-        for (sum, iou) in self.iou.iter_mut().zip(other.iou) {
-            *sum += iou;
-        }
+        self.ious.extend_from_slice(&other.ious);
+    }
+
+    pub fn questions(&self) -> usize {
+        self.ious.len()
     }
 
     fn means(&self) -> [f64; 4] {
-        self.iou.map(|sum| sum / self.questions.max(1) as f64)
+        let n = self.questions().max(1) as f64;
+        std::array::from_fn(|i| self.ious.iter().map(|q| q[i]).sum::<f64>() / n)
     }
 
-    /// The prompt with the best mean IoU; on a tie the earlier one (MediSee's graph first).
+    /// Mean and standard error of prompt `i`'s per-question gain over the anchor alone.
+    fn gain_over_anchor(&self, i: usize) -> (f64, f64) {
+        let gains: Vec<f64> = self.ious.iter().map(|q| q[i] - q[ANCHOR_ONLY]).collect();
+        let n = gains.len() as f64;
+        let mean = gains.iter().sum::<f64>() / n.max(1.0);
+        if gains.len() < 2 {
+            return (mean, f64::INFINITY);
+        }
+        let variance = gains.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        (mean, (variance / n).sqrt())
+    }
+
+    /// The anchor alone, unless another prompt beats it by more than
+    /// [`REQUIRED_STANDARD_ERRORS`]; then the one with the best mean IoU among those. The heads
+    /// fitted training phrasings, and a gain the calibration cannot tell from noise did not carry
+    /// over to new ones: the heart's corrected box won 0.537 to 0.488 here and lost on the
+    /// evaluation's phrasings.
     fn best(&self) -> DecoderPrompt {
         let means = self.means();
-        let best = (1..4).fold(0, |best, i| if means[i] > means[best] { i } else { best });
+        let clear = |i: usize| {
+            let (gain, error) = self.gain_over_anchor(i);
+            gain > REQUIRED_STANDARD_ERRORS * error
+        };
+        let best = (0..ANCHOR_ONLY).filter(|&i| clear(i)).fold(ANCHOR_ONLY, |best, i| if best == ANCHOR_ONLY || means[i] > means[best] { i } else { best });
         DecoderPrompt::ALL[best]
     }
 }
@@ -67,7 +94,7 @@ pub fn gate_values(class_names: &[String], evidence: &BTreeMap<String, GateEvide
     class_names
         .iter()
         .map(|class| match evidence.get(class) {
-            Some(e) if e.questions >= MIN_QUESTIONS_PER_CLASS => e.best(),
+            Some(e) if e.questions() >= MIN_QUESTIONS_PER_CLASS => e.best(),
             _ => pooled.best(),
         })
         .collect()
@@ -109,7 +136,7 @@ pub fn gate_evidence(reasoner: &Reasoner, data: &Dataset, images: &[&ImageItem],
                 let out = reasoner.decode(&embedding, candidates.clone(), located.clone(), prompt);
                 *iou = mask_iou(&block_on(read_f32(out.decoder.low_res_masks))?, &target.mask);
             }
-            evidence.entry(record.class.clone()).or_default().add(&GateEvidence { questions: 1, iou });
+            evidence.entry(record.class.clone()).or_default().ious.push(iou);
         }
         if n % 10 == 9 || n + 1 == images.len() {
             log(&format!("calibrate: {}/{} images", n + 1, images.len()));
@@ -127,9 +154,9 @@ pub fn describe(class_names: &[String], evidence: &BTreeMap<String, GateEvidence
     for (class, prompt) in class_names.iter().zip(prompts) {
         if let Some(e) = evidence.get(class) {
             let [a, b, c, d] = e.means();
-            let pooled = if e.questions >= MIN_QUESTIONS_PER_CLASS { "" } else { " (pooled)" };
+            let pooled = if e.questions() >= MIN_QUESTIONS_PER_CLASS { "" } else { " (pooled)" };
             let chosen = format!("{}{}", if prompt.corrected_box { "corrected box" } else { "anchor" }, if prompt.seg_token { " + seg token" } else { "" });
-            lines.push(format!("{class:<28} {:>4} {a:>9.3} {b:>9.3} {c:>9.3} {d:>9.3}  {chosen}{pooled}", e.questions));
+            lines.push(format!("{class:<28} {:>4} {a:>9.3} {b:>9.3} {c:>9.3} {d:>9.3}  {chosen}{pooled}", e.questions()));
         }
     }
     let unseen = class_names.iter().filter(|c| !evidence.contains_key(*c)).count();
@@ -141,20 +168,26 @@ pub fn describe(class_names: &[String], evidence: &BTreeMap<String, GateEvidence
 mod tests {
     use super::*;
 
-    fn evidence(questions: usize, means: [f64; 4]) -> GateEvidence {
-        GateEvidence { questions, iou: means.map(|m| m * questions as f64) }
+    /// `questions` questions whose IoUs under the four prompts are `means` ± `spread` (half of
+    /// them up, half down, the same for every prompt unless `noisy`).
+    fn evidence(questions: usize, means: [f64; 4], spread: f64) -> GateEvidence {
+        let ious = (0..questions)
+            .map(|q| {
+                let sign = if q % 2 == 0 { 1.0 } else { -1.0 };
+                std::array::from_fn(|i| means[i] + if i == 0 { sign * spread } else { 0.0 })
+            })
+            .collect();
+        GateEvidence { ious }
     }
 
     #[test]
-    fn classes_with_evidence_decide_and_the_rest_follow_the_pool() {
+    fn classes_with_clear_evidence_decide_and_the_rest_follow_the_pool() {
         let names: Vec<String> = ["lung", "lesion", "rare", "unseen"].map(String::from).to_vec();
         let table = BTreeMap::from([
-            ("lung".to_string(), evidence(30, [0.2, 0.6, 0.3, 0.7])),
-            ("lesion".to_string(), evidence(10, [0.7, 0.5, 0.4, 0.3])),
-            ("rare".to_string(), evidence(MIN_QUESTIONS_PER_CLASS - 1, [0.9, 0.1, 0.1, 0.1])),
+            ("lung".to_string(), evidence(30, [0.2, 0.6, 0.3, 0.7], 0.0)),
+            ("lesion".to_string(), evidence(10, [0.7, 0.5, 0.4, 0.3], 0.01)),
+            ("rare".to_string(), evidence(MIN_QUESTIONS_PER_CLASS - 1, [0.9, 0.1, 0.1, 0.1], 0.0)),
         ]);
-        // Pooled sums: FULL 6 + 7 + 2.7 = 15.7, box only 18 + 5 + 0.3 = 23.3, anchor + token
-        // 9 + 4 + 0.3 = 13.3, anchor only 21 + 3 + 0.3 = 24.3.
         let anchor = DecoderPrompt { seg_token: false, corrected_box: false };
         assert_eq!(gate_values(&names, &table), vec![anchor, DecoderPrompt::FULL, anchor, anchor]);
         let lines = describe(&names, &table, &gate_values(&names, &table));
@@ -162,8 +195,13 @@ mod tests {
         assert!(lines.iter().any(|l| l.starts_with("lesion") && l.ends_with("corrected box + seg token")), "{lines:?}");
     }
 
+    /// A mean gain within the noise of the per-question differences keeps the anchor; the same
+    /// gain with little spread does not.
     #[test]
-    fn a_tie_keeps_the_medisee_prompt() {
-        assert_eq!(evidence(5, [0.5; 4]).best(), DecoderPrompt::FULL);
+    fn a_gain_inside_the_noise_keeps_the_anchor() {
+        let anchor = DecoderPrompt { seg_token: false, corrected_box: false };
+        assert_eq!(evidence(10, [0.55, 0.0, 0.0, 0.5], 0.3).best(), anchor);
+        assert_eq!(evidence(10, [0.55, 0.0, 0.0, 0.5], 0.01).best(), DecoderPrompt::FULL);
+        assert_eq!(evidence(5, [0.5; 4], 0.0).best(), anchor, "a tie keeps the anchor");
     }
 }
