@@ -71,7 +71,7 @@ impl BlockDecoder {
             add(&mut x, &layer.wo.forward(&attended));
             let mut gate = layer.gate_up.forward(&rms_norm(&x, &layer.ffn_norm, self.rms_eps));
             let up = gate.split_off(gate.len() / 2);
-            let hidden: Vec<f32> = gate.into_iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+            let hidden: Vec<f32> = gate.into_iter().zip(up).map(|(g, u)| g / (1.0 + libm::expf(-g)) * u).collect();
             add(&mut x, &layer.down.forward(&hidden));
         }
         cache.advance(1);
@@ -107,7 +107,7 @@ impl BlockDecoder {
             let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
             let mut total = 0.0;
             for s in &mut scores {
-                *s = (*s - max).exp();
+                *s = libm::expf(*s - max);
                 total += *s;
             }
             out.fill(0.0);
