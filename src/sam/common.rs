@@ -96,7 +96,7 @@ pub fn gelu_in_place(values: &mut [f32]) {
 /// The GELU loop for the widest vector unit this CPU has (chosen once per tensor).
 fn gelu_kernel() -> fn(&mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the features the function is compiled for were just detected.
         return |values| unsafe { gelu_avx2(values) };
     }
@@ -104,7 +104,7 @@ fn gelu_kernel() -> fn(&mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2")]
 unsafe fn gelu_avx2(values: &mut [f32]) {
     gelu_values(values)
 }
