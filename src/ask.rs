@@ -13,7 +13,8 @@ use crate::llm::TextModel;
 use crate::reason::heads::cxcywh_to_xyxy;
 use crate::reason::knowledge::{addressed_to_reader, Knowledge, Structure};
 use crate::reason::sequence::Layout;
-use crate::reason::{DecoderPrompt, Located, ReasonConfig, ReasonOutput, ReasoningHeads};
+use crate::reason::heads::box_of_map;
+use crate::reason::{BoxSource, DecoderPrompt, Located, ReasonConfig, ReasonOutput, ReasoningHeads};
 use crate::sam::{postprocess_masks, INPUT_SIZE};
 use crate::segment::{read_f32, BoxSegmenter, ImageEmbedding};
 use crate::weights;
@@ -82,9 +83,10 @@ pub struct Answer {
     pub structure: Option<Understood>,
     /// Whether the seg prompt token went to the mask decoder with the box (the class gate).
     pub seg_token: bool,
-    /// Whether the box prompt was the box head's correction for this image (otherwise where the
-    /// structure usually lies: the class gate).
-    pub corrected_box: bool,
+    /// Which box prompted the mask decoder (the class gates): where the structure usually lies
+    /// (`anchor`), the box head's correction for this image (`corrected`) or the box of the
+    /// structure's place map in this image (`map`).
+    pub box_source: BoxSource,
     /// Candidate fusion weights (`[SEG]`, `[BBOX]`, extra candidates…) of the mask and box branches.
     pub seg_weights: Vec<f32>,
     pub box_weights: Vec<f32>,
@@ -164,15 +166,15 @@ impl Reasoner {
     /// The reasoning graph's raw outputs for a (clean) question: one LLM pass, the heads, and
     /// the mask decoder prompted as the class gates want it.
     pub async fn forward(&self, embedding: &ImageEmbedding, question: &str) -> Result<ReasonOutput> {
-        let (candidates, located) = self.locate(embedding, question)?;
+        let (candidates, located) = self.locate(embedding, question).await?;
         let gates = read_f32(self.heads.decoder_prompt(located.target_logits.clone())).await?;
-        let prompt = DecoderPrompt { seg_token: gates[0] >= 0.5, corrected_box: gates[1] >= 0.5 };
-        Ok(self.decode(embedding, candidates, located, prompt))
+        Ok(self.decode(embedding, candidates, located, DecoderPrompt::from_gates(&gates)))
     }
 
     /// The graph up to the mask decoder: one LLM pass over the question with the image's vision
-    /// tokens, then the heads. Returns the candidate states and what the heads located.
-    pub fn locate(&self, embedding: &ImageEmbedding, question: &str) -> Result<(Tensor<3>, Located)> {
+    /// tokens, then the heads, and the box of the place map. Returns the candidate states and
+    /// what the heads located.
+    pub async fn locate(&self, embedding: &ImageEmbedding, question: &str) -> Result<(Tensor<3>, Located)> {
         let layout = Layout::new(&self.llm.tokenizer, question, &[], self.config.vision_tokens(64), self.config.candidates)?;
         if layout.len() > self.llm.config.max_sequence {
             return Err(Error::Prompt(format!("the question is too long for the language model ({} tokens)", layout.len())));
@@ -180,7 +182,10 @@ impl Reasoner {
         let candidates = self.heads.candidate_states(&self.llm.model, embedding.tensor.clone(), &layout)?;
         let ruled_out: Vec<f32> = self.knowledge.ruled_out_by_side(question).iter().map(|&out| if out { RULED_OUT_LOGIT } else { 0.0 }).collect();
         let ruled_out = Tensor::<1>::from_floats(ruled_out.as_slice(), &candidates.device()).reshape([1, self.classes.len()]);
-        let located = self.heads.locate(embedding.tensor.clone(), candidates.clone(), Some(ruled_out));
+        let mut located = self.heads.locate(embedding.tensor.clone(), candidates.clone(), Some(ruled_out));
+        let [_, side, _] = located.place_logits.dims();
+        located.map_box_cxcywh = box_of_map(&read_f32(located.place_logits.clone()).await?, side)
+            .map(|b| Tensor::<1>::from_floats(b, &candidates.device()).reshape([1, 4]));
         Ok((candidates, located))
     }
 
@@ -208,7 +213,7 @@ impl Reasoner {
                 let s = self.knowledge.structure(&self.classes[i])?;
                 Some(Understood { class: s.class.clone(), name: s.name(), confidence: p })
             });
-        let DecoderPrompt { seg_token, corrected_box } = out.prompt;
+        let DecoderPrompt { seg_token, box_source } = out.prompt;
         let seg_weights = read_f32(out.fused.seg_weights).await?;
         let box_weights = read_f32(out.fused.box_weights).await?;
         let (sw, sh) = embedding.scaled_size;
@@ -228,7 +233,7 @@ impl Reasoner {
         } else {
             (Mask { width, height, data: vec![0; width as usize * height as usize] }, None, None)
         };
-        Ok(Answer { question, found, presence, bbox, prompt_box, score, mask_area: mask.area(), mask_rle: mask.coco_rle(), structure, seg_token, corrected_box, seg_weights, box_weights, mask, heatmap })
+        Ok(Answer { question, found, presence, bbox, prompt_box, score, mask_area: mask.area(), mask_rle: mask.coco_rle(), structure, seg_token, box_source, seg_weights, box_weights, mask, heatmap })
     }
 
     /// The explanation of `answer`, streamed piece by piece to `on_text` (return false to stop).

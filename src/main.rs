@@ -85,9 +85,12 @@ enum Command {
         /// Batched steps of the box and content heads on those states after the full run (0: no refit).
         #[arg(long, default_value_t = 2000)]
         refit_steps: usize,
-        /// Held-out training images per data set on which the seg-token gate is calibrated (0: keep the token everywhere).
-        #[arg(long, default_value_t = 10)]
+        /// Held-out training images per data set on which the decoder-prompt gates are calibrated (0: MediSee's prompt everywhere).
+        #[arg(long, default_value_t = 20)]
         calibration_images_per_set: usize,
+        /// Epochs of the place head (where each structure lies) over the training images' embeddings and masks (0: none).
+        #[arg(long, default_value_t = 30)]
+        place_epochs: usize,
         /// Fine-tune these trained heads (e.g. models/reason-heads.bpk) instead of starting fresh: no warm-up.
         #[arg(long)]
         from: Option<PathBuf>,
@@ -426,7 +429,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("results → {} and {}", json.display(), chart.display());
             Ok(())
         }
-        Command::Train { steps, lr, seed, images_per_set, negative_rate, checkpoint_every, warmup_questions, warmup_steps, refit_questions, refit_steps, calibration_images_per_set, from, out } => {
+        Command::Train { steps, lr, seed, images_per_set, negative_rate, checkpoint_every, warmup_questions, warmup_steps, refit_questions, refit_steps, calibration_images_per_set, place_epochs, from, out } => {
             let config = medsee::train::trainer::TrainConfig {
                 steps,
                 learning_rate: lr,
@@ -439,6 +442,7 @@ fn run(cli: Cli) -> Result<()> {
                 refit_questions,
                 refit_steps,
                 calibration_images_per_set,
+                place_epochs,
                 start_from: from,
                 output_dir: out,
             };

@@ -40,12 +40,19 @@ function showAnswer(data) {
     ? `Found${s.structure ? ` the ${s.structure.name}` : ''}: ${s.mask_area} pixels, presence ${(s.presence * 100).toFixed(0)} %, `
       + `mask quality ${(s.score * 100).toFixed(0)} % (in ${(data.askMs / 1000).toFixed(1)} s). `
       + `Fusion weights [SEG]/[BBOX]/extra: mask ${weights(s.seg_weights)}, box ${weights(s.box_weights)}; `
-      + `mask prompted by ${s.corrected_box ? 'the predicted box' : 'the box where it usually lies'}`
+      + `mask prompted by ${PROMPT_BOXES[s.box_source] ?? s.box_source}`
       + `${s.seg_token ? ' and the [SEG] token' : ''}.`
     : `Not found in this image (presence ${(s.presence * 100).toFixed(0)} %).`;
   $('answer-facts').classList.toggle('not-found', !s.found);
   document.body.dataset.answerFound = String(s.found);
 }
+
+// How the answer's `box_source` reads in the facts line.
+const PROMPT_BOXES = {
+  anchor: 'the box where it usually lies',
+  corrected: 'the predicted box',
+  map: 'the box of where the model found it',
+};
 
 // Timings and memory of this session, for the browser benchmark (window.medseeTimings).
 const timings = (window.medseeTimings = { events: [] });

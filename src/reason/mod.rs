@@ -1,6 +1,7 @@
 //! The reasoning segmenter (MediSee's graph on LiteMedSAM + SmolLM2): vision tokens from the
 //! cached image embedding → one LLM pass over question + forced answer with K candidate tokens →
-//! candidate fusion → box, seg prompt, similarity map, presence → LiteMedSAM's mask decoder.
+//! candidate fusion → box, seg prompt, similarity map, presence, place map → LiteMedSAM's mask
+//! decoder.
 //!
 //! Only the modules here (and optionally LoRA on the LLM) are trained; LiteMedSAM and SmolLM2
 //! stay frozen.
@@ -20,7 +21,7 @@ use crate::llm::llama::{KvCache, Llama};
 use crate::sam::mask_decoder::MaskDecoderOutput;
 use crate::sam::{LiteMedSam, INPUT_SIZE};
 use fusion::{CandidateFusion, Fused};
-use heads::{cxcywh_to_xyxy, map_features, presence_logit, BoxHead, ClassHead, ContentHead, SegPrompt, Similarity, SimilarityHead};
+use heads::{cxcywh_to_xyxy, map_features, presence_logit, BoxHead, ClassHead, ContentHead, PlaceHead, SegPrompt, Similarity, SimilarityHead};
 use knowledge::Knowledge;
 use projector::VisionProjector;
 use sequence::Layout;
@@ -36,6 +37,8 @@ pub struct ReasonConfig {
     /// Pooling window over the 64×64 embedding: 8 gives 64 vision tokens.
     pub pool: usize,
     pub hidden: usize,
+    /// Width of the place head's per-cell MLP.
+    pub place_hidden: usize,
     /// Rows of the class head: [`Knowledge::class_names`].
     pub classes: usize,
 }
@@ -43,7 +46,7 @@ pub struct ReasonConfig {
 impl ReasonConfig {
     pub fn smollm2_litemedsam() -> Result<Self> {
         let classes = Knowledge::load()?.class_names().len();
-        Ok(Self { candidates: 4, llm_dim: 576, embedding_channels: 256, pool: 8, hidden: 256, classes })
+        Ok(Self { candidates: 4, llm_dim: 576, embedding_channels: 256, pool: 8, hidden: 256, place_hidden: 128, classes })
     }
 
     pub fn vision_tokens(&self, embedding_size: usize) -> usize {
@@ -61,8 +64,10 @@ impl ReasonConfig {
             similarity: SimilarityHead::new(d, self.embedding_channels, device),
             content: ContentHead::new(self.embedding_channels, self.hidden, self.classes, device),
             class: ClassHead::new(d, self.classes, device),
+            place: PlaceHead::new(self.embedding_channels, self.place_hidden, self.classes, device),
             seg_gate: Param::from_tensor(Tensor::ones([self.classes], device)).set_require_grad(false),
             box_gate: Param::from_tensor(Tensor::ones([self.classes], device)).set_require_grad(false),
+            map_gate: Param::from_tensor(Tensor::zeros([self.classes], device)).set_require_grad(false),
         }
     }
 }
@@ -79,6 +84,7 @@ pub struct ReasoningHeads {
     pub similarity: SimilarityHead,
     pub content: ContentHead,
     pub class: ClassHead,
+    pub place: PlaceHead,
     /// `[classes]`: 1 where the seg prompt token helps LiteMedSAM's decoder on that class, 0 where
     /// the box prompt alone does better. Set after training by a calibration on training images
     /// the heads never saw (`train::calibrate`); all 1 — MediSee's graph — until then.
@@ -87,6 +93,21 @@ pub struct ReasoningHeads {
     /// class, 0 where the class's usual place (the anchor) prompts the decoder better. Calibrated
     /// with `seg_gate`; all 1 until then.
     pub box_gate: Param<Tensor<1>>,
+    /// `[classes]`: 1 where the box of the class's place map prompts the decoder best (it then
+    /// takes precedence over `box_gate`). Calibrated with the others; all 0 until then.
+    pub map_gate: Param<Tensor<1>>,
+}
+
+/// Which box prompts the mask decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BoxSource {
+    /// Where the structure meant usually lies (its mean training box): the text-only baseline.
+    Anchor,
+    /// The box head's correction of the anchor for this image (MediSee's predicted box).
+    Corrected,
+    /// The box of the structure's place map in this image (the anchor where the map is empty).
+    Map,
 }
 
 /// How the mask decoder is prompted, decided per class by the calibrated gates.
@@ -94,20 +115,41 @@ pub struct ReasoningHeads {
 pub struct DecoderPrompt {
     /// The fused `[SEG]` state goes with the box as an extra prompt token.
     pub seg_token: bool,
-    /// The box is the box head's correction of the anchor (otherwise the anchor itself).
-    pub corrected_box: bool,
+    pub box_source: BoxSource,
 }
 
 impl DecoderPrompt {
     /// MediSee's graph: the predicted box and the seg token.
-    pub const FULL: Self = Self { seg_token: true, corrected_box: true };
+    pub const FULL: Self = Self { seg_token: true, box_source: BoxSource::Corrected };
+    /// The text-only baseline's prompt: the usual place alone.
+    pub const ANCHOR: Self = Self { seg_token: false, box_source: BoxSource::Anchor };
     /// Every combination, in a fixed order.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 6] = [
         Self::FULL,
-        Self { seg_token: false, corrected_box: true },
-        Self { seg_token: true, corrected_box: false },
-        Self { seg_token: false, corrected_box: false },
+        Self { seg_token: false, box_source: BoxSource::Corrected },
+        Self { seg_token: true, box_source: BoxSource::Map },
+        Self { seg_token: false, box_source: BoxSource::Map },
+        Self { seg_token: true, box_source: BoxSource::Anchor },
+        Self::ANCHOR,
     ];
+
+    /// From the gates [`ReasoningHeads::decoder_prompt`] reads: `[seg token, corrected box, map box]`.
+    pub fn from_gates(gates: &[f32]) -> Self {
+        let box_source = if gates[2] >= 0.5 {
+            BoxSource::Map
+        } else if gates[1] >= 0.5 {
+            BoxSource::Corrected
+        } else {
+            BoxSource::Anchor
+        };
+        Self { seg_token: gates[0] >= 0.5, box_source }
+    }
+
+    /// The gate values that give this prompt back through [`Self::from_gates`].
+    pub fn gates(self) -> [f32; 3] {
+        let open = |b: bool| if b { 1.0 } else { 0.0 };
+        [open(self.seg_token), open(self.box_source == BoxSource::Corrected), open(self.box_source == BoxSource::Map)]
+    }
 }
 
 /// What the heads after the LLM find before the mask decoder runs (any batch size).
@@ -117,8 +159,12 @@ pub struct Located {
     pub similarity: Similarity,
     /// `[B, 4]` (cx, cy, w, h) in [0, 1] of the padded 256×256 input: the box head's answer…
     pub box_cxcywh: Tensor<2>,
-    /// …and the anchor it corrected.
+    /// …the usual place of the structure meant…
     pub anchor_cxcywh: Tensor<2>,
+    /// …and that structure's place map, `[B, 64, 64]` logits, whose box
+    /// ([`heads::box_of_map`], computed on the host) is `map_box_cxcywh` once read.
+    pub place_logits: Tensor<3>,
+    pub map_box_cxcywh: Option<Tensor<2>>,
     pub presence_logit: Tensor<1>,
     /// `[B, classes]`: which structure the question asks for (the question alone).
     pub class_logits: Tensor<2>,
@@ -217,12 +263,15 @@ impl ReasoningHeads {
             Some(bias) => target_logits + bias,
             None => target_logits,
         };
-        let similarity = self.similarity.forward(fused.seg.clone(), embedding);
+        let similarity = self.similarity.forward(fused.seg.clone(), embedding.clone());
         let map = map_features(similarity.logits.clone());
         let anchor = self.box_head.anchor(softmax(target_logits.clone(), 1));
+        let meant = meant(target_logits.clone());
         Located {
             box_cxcywh: self.box_head.forward(fused.bbox.clone(), map, anchor),
-            anchor_cxcywh: self.box_head.anchor_of(meant(target_logits.clone())),
+            anchor_cxcywh: self.box_head.anchor_of(meant.clone()),
+            place_logits: self.place.forward_class(embedding.clone(), meant),
+            map_box_cxcywh: None,
             presence_logit: presence_logit(class_probs, content_logits.clone()),
             class_logits,
             content_logits,
@@ -233,16 +282,21 @@ impl ReasoningHeads {
     }
 
     /// How the decoder is prompted for the structure meant (the target distribution's top):
-    /// its two gates, `[seg token, corrected box]` (batch 1; ≥ 0.5: open).
+    /// its three gates, `[seg token, corrected box, map box]` (batch 1; ≥ 0.5: open; see
+    /// [`DecoderPrompt::from_gates`]).
     pub fn decoder_prompt(&self, target_logits: Tensor<2>) -> Tensor<1> {
-        let gates = Tensor::stack::<2>(vec![self.seg_gate.val(), self.box_gate.val()], 1);
-        gates.select(0, meant(target_logits)).reshape([2])
+        let gates = Tensor::stack::<2>(vec![self.seg_gate.val(), self.box_gate.val(), self.map_gate.val()], 1);
+        gates.select(0, meant(target_logits)).reshape([3])
     }
 
     /// The mask decoder, prompted as `prompt` says with what [`Self::locate`] found.
     pub fn decode(&self, sam: &LiteMedSam, embedding: Tensor<4>, candidates: Tensor<3>, located: Located, prompt: DecoderPrompt) -> ReasonOutput {
-        let Located { fused, similarity, box_cxcywh, anchor_cxcywh, presence_logit, class_logits, content_logits, target_logits } = located;
-        let box_cxcywh = if prompt.corrected_box { box_cxcywh } else { anchor_cxcywh };
+        let Located { fused, similarity, box_cxcywh, anchor_cxcywh, map_box_cxcywh, presence_logit, class_logits, content_logits, target_logits, .. } = located;
+        let box_cxcywh = match prompt.box_source {
+            BoxSource::Corrected => box_cxcywh,
+            BoxSource::Map => map_box_cxcywh.unwrap_or(anchor_cxcywh),
+            BoxSource::Anchor => anchor_cxcywh,
+        };
         let token = prompt.seg_token.then(|| self.seg_prompt.forward(fused.seg.clone()));
         let decoder = sam.decode_boxes(embedding, cxcywh_to_xyxy(box_cxcywh.clone(), INPUT_SIZE as f64), token);
         ReasonOutput { candidates, fused, similarity, box_cxcywh, presence_logit, class_logits, content_logits, target_logits, prompt, decoder }
@@ -265,7 +319,7 @@ mod tests {
 
     fn setup() -> (Device, LiteMedSam, Llama, ReasoningHeads, Layout, Tensor<4>) {
         let device = Device::flex();
-        let config = ReasonConfig { candidates: 4, llm_dim: 32, embedding_channels: 256, pool: 16, hidden: 16, classes: 5 };
+        let config = ReasonConfig { candidates: 4, llm_dim: 32, embedding_channels: 256, pool: 16, hidden: 16, place_hidden: 8, classes: 5 };
         let layout = Layout { before_vision: vec![1, 5, 9], after_vision: vec![7, 8, 2, 3], vision_tokens: config.vision_tokens(64), candidates: 4 };
         let embedding = Tensor::random([1, 256, 64, 64], Distribution::Normal(0.0, 1.0), &device);
         (device.clone(), LiteMedSamConfig::default().init(&device), LlamaConfig::tiny(128).init(&device), config.init(&device), layout, embedding)
@@ -353,20 +407,33 @@ mod tests {
         let (device, sam, llm, mut heads, layout, embedding) = setup();
         heads.seg_gate = Param::from_tensor(Tensor::from_floats([1.0, 0.0, 0.0, 1.0, 0.0], &device));
         heads.box_gate = Param::from_tensor(Tensor::from_floats([0.0, 0.0, 1.0, 1.0, 1.0], &device));
+        heads.map_gate = Param::from_tensor(Tensor::from_floats([0.0, 1.0, 0.0, 0.0, 1.0], &device));
         let sure_of = |class: usize| {
             let logits: Vec<f32> = (0..5).map(|c| if c == class { 20.0 } else { 0.0 }).collect();
             Tensor::<1>::from_floats(logits.as_slice(), &device).reshape([1, 5])
         };
-        let gates = |class: usize| heads.decoder_prompt(sure_of(class)).into_data().try_to_vec::<f32>().unwrap();
-        let open = |class: usize| gates(class).iter().map(|&g| g > 0.5).collect::<Vec<_>>();
-        assert_eq!([open(0), open(1), open(3)], [vec![true, false], vec![false, false], vec![true, true]], "{:?}", gates(0));
+        let prompt = |class: usize| DecoderPrompt::from_gates(&heads.decoder_prompt(sure_of(class)).into_data().try_to_vec::<f32>().unwrap());
+        let expected = [(true, BoxSource::Anchor), (false, BoxSource::Map), (false, BoxSource::Corrected), (true, BoxSource::Corrected), (false, BoxSource::Map)];
+        for (class, (seg_token, box_source)) in expected.into_iter().enumerate() {
+            assert_eq!(prompt(class), DecoderPrompt { seg_token, box_source }, "class {class}");
+        }
+        for p in DecoderPrompt::ALL {
+            assert_eq!(DecoderPrompt::from_gates(&p.gates()), p);
+        }
         let candidates = heads.candidate_states(&llm, embedding.clone(), &layout).unwrap();
         let located = heads.locate(embedding.clone(), candidates.clone(), None);
         let anchor = located.anchor_cxcywh.clone().into_data().try_to_vec::<f32>().unwrap();
         let corrected = located.box_cxcywh.clone().into_data().try_to_vec::<f32>().unwrap();
-        let without = heads.decode(&sam, embedding.clone(), candidates.clone(), located.clone(), DecoderPrompt { seg_token: false, corrected_box: false });
+        let without = heads.decode(&sam, embedding.clone(), candidates.clone(), located.clone(), DecoderPrompt::ANCHOR);
         assert_eq!(without.decoder.tokens.dims(), [1, 7, 256], "IoU + 4 mask tokens + 2 box corners, no seg token");
         assert_eq!(without.box_cxcywh.into_data().try_to_vec::<f32>().unwrap(), anchor);
+        let map_prompt = DecoderPrompt { seg_token: false, box_source: BoxSource::Map };
+        let empty_map = heads.decode(&sam, embedding.clone(), candidates.clone(), located.clone(), map_prompt);
+        assert_eq!(empty_map.box_cxcywh.into_data().try_to_vec::<f32>().unwrap(), anchor, "no map box: the anchor");
+        let mut mapped = located.clone();
+        mapped.map_box_cxcywh = Some(Tensor::<1>::from_floats([0.25, 0.5, 0.125, 0.25], &device).reshape([1, 4]));
+        let with_map = heads.decode(&sam, embedding.clone(), candidates.clone(), mapped, map_prompt);
+        assert_eq!(with_map.box_cxcywh.into_data().try_to_vec::<f32>().unwrap(), vec![0.25, 0.5, 0.125, 0.25]);
         let with = heads.decode(&sam, embedding, candidates, located, DecoderPrompt::FULL);
         assert_eq!(with.decoder.tokens.dims(), [1, 8, 256]);
         assert_eq!(with.box_cxcywh.into_data().try_to_vec::<f32>().unwrap(), corrected);

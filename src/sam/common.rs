@@ -96,11 +96,22 @@ pub fn gelu_in_place(values: &mut [f32]) {
 /// The GELU loop for the widest vector unit this CPU has (chosen once per tensor).
 fn gelu_kernel() -> fn(&mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the features the function is compiled for were just detected.
-        return |values| unsafe { gelu_avx2(values) };
+    {
+        // SAFETY (both): the features the function is compiled for were just detected.
+        if std::is_x86_feature_detected!("avx512f") {
+            return |values| unsafe { gelu_avx512(values) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            return |values| unsafe { gelu_avx2(values) };
+        }
     }
     gelu_values
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gelu_avx512(values: &mut [f32]) {
+    gelu_values(values)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -146,6 +157,29 @@ mod tests {
         for (&x, &g) in xs.iter().zip(&fast) {
             let want = 0.5 * x as f64 * (1.0 + libm_erf(x as f64 / std::f64::consts::SQRT_2));
             assert!((g as f64 - want).abs() < 2e-6 * (1.0 + want.abs()), "gelu({x}) = {g}, want {want}");
+        }
+    }
+
+    /// Each value is computed alone, without fused multiply-adds, so every vector width gives
+    /// the portable loop's bits.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn every_gelu_kernel_gives_the_same_bits() {
+        let xs: Vec<f32> = (-70_000..=70_000).map(|i| i as f32 * 1.3e-4).collect();
+        let mut portable = xs.clone();
+        gelu_values(&mut portable);
+        let mut kernels: Vec<(&str, unsafe fn(&mut [f32]))> = Vec::new();
+        if std::is_x86_feature_detected!("avx2") {
+            kernels.push(("avx2", gelu_avx2));
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            kernels.push(("avx512f", gelu_avx512));
+        }
+        for (name, kernel) in kernels {
+            let mut values = xs.clone();
+            // SAFETY: the kernel's features were detected above.
+            unsafe { kernel(&mut values) };
+            assert!(values.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}");
         }
     }
 

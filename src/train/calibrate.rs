@@ -5,9 +5,10 @@
 //! heads, while dermoscopy lesions lose 0.2 without it). Likewise the box head's correction of
 //! the class's usual place (the anchor) helps where the image decides where the structure is
 //! (a lesion, a fetal head) and can hurt where the structure always lies in the same place (the
-//! heart on a chest X-ray). The training images cannot tell which, because the heads have
-//! fitted them, so each class chooses among the four prompts on training images the heads never
-//! saw — and leaves the anchor alone, the baseline's prompt, only for a gain clear of noise.
+//! heart on a chest X-ray), and the box of the place map can beat both. The training images
+//! cannot tell which, because the heads have fitted them, so each class chooses among the six
+//! prompts on training images the heads never saw — and leaves the anchor alone, the baseline's
+//! prompt, only for a gain clear of noise.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,7 +22,7 @@ use super::targets::Targets;
 use super::trainer::select_images;
 use crate::ask::{clean_question, Reasoner};
 use crate::error::Result;
-use crate::reason::DecoderPrompt;
+use crate::reason::{BoxSource, DecoderPrompt};
 use crate::rng::SplitMix64;
 use crate::segment::read_f32;
 
@@ -36,11 +37,13 @@ pub const REQUIRED_STANDARD_ERRORS: f64 = 2.0;
 /// Mask IoU of one class's calibration questions under each prompt of [`DecoderPrompt::ALL`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GateEvidence {
-    pub ious: Vec<[f64; 4]>,
+    pub ious: Vec<[f64; PROMPTS]>,
 }
 
+const PROMPTS: usize = DecoderPrompt::ALL.len();
+
 /// Index of the anchor alone in [`DecoderPrompt::ALL`]: the prompt of the text-only baseline.
-const ANCHOR_ONLY: usize = 3;
+const ANCHOR_ONLY: usize = PROMPTS - 1;
 
 impl GateEvidence {
     fn add(&mut self, other: &GateEvidence) {
@@ -51,7 +54,7 @@ impl GateEvidence {
         self.ious.len()
     }
 
-    fn means(&self) -> [f64; 4] {
+    fn means(&self) -> [f64; PROMPTS] {
         let n = self.questions().max(1) as f64;
         std::array::from_fn(|i| self.ious.iter().map(|q| q[i]).sum::<f64>() / n)
     }
@@ -117,7 +120,7 @@ pub fn held_out_images(data: &Dataset, used_per_set: usize, seed: u64, per_set: 
 }
 
 /// Asks about every annotated structure of `images` (training phrasings) and compares the
-/// masks of the four prompts against the ground truth, per class.
+/// masks of the six prompts against the ground truth, per class.
 pub fn gate_evidence(reasoner: &Reasoner, data: &Dataset, images: &[&ImageItem], cache: &EmbeddingCache, seed: u64, log: &mut dyn FnMut(&str)) -> Result<BTreeMap<String, GateEvidence>> {
     cache.fill(reasoner.segmenter(), images, log)?;
     let device = reasoner.segmenter().device().clone();
@@ -129,9 +132,9 @@ pub fn gate_evidence(reasoner: &Reasoner, data: &Dataset, images: &[&ImageItem],
         for record in &item.objects {
             let Some(structure) = generator.knowledge().structure(&record.class) else { continue };
             let question = clean_question(&generator.positive(&structure, &mut rng).text)?;
-            let (candidates, located) = reasoner.locate(&embedding, &question)?;
+            let (candidates, located) = block_on(reasoner.locate(&embedding, &question))?;
             let target = Targets::load(&data.root, record)?;
-            let mut iou = [0.0; 4];
+            let mut iou = [0.0; PROMPTS];
             for (iou, prompt) in iou.iter_mut().zip(DecoderPrompt::ALL) {
                 let out = reasoner.decode(&embedding, candidates.clone(), located.clone(), prompt);
                 *iou = mask_iou(&block_on(read_f32(out.decoder.low_res_masks))?, &target.mask);
@@ -147,16 +150,13 @@ pub fn gate_evidence(reasoner: &Reasoner, data: &Dataset, images: &[&ImageItem],
 
 /// The evidence and decisions as log lines.
 pub fn describe(class_names: &[String], evidence: &BTreeMap<String, GateEvidence>, prompts: &[DecoderPrompt]) -> Vec<String> {
-    let mut lines = vec![format!(
-        "{:<28} {:>4} {:>9} {:>9} {:>9} {:>9}  chosen (mean mask IoU: corrected box / anchor, with / without the seg token)",
-        "class", "n", "box+tok", "box", "anch+tok", "anchor"
-    )];
+    let header: Vec<String> = DecoderPrompt::ALL.iter().map(|p| format!("{:>9}", short_name(p))).collect();
+    let mut lines = vec![format!("{:<28} {:>4} {}  chosen (mean mask IoU per prompt; +t: with the seg token)", "class", "n", header.join(" "))];
     for (class, prompt) in class_names.iter().zip(prompts) {
         if let Some(e) = evidence.get(class) {
-            let [a, b, c, d] = e.means();
+            let means: Vec<String> = e.means().iter().map(|m| format!("{m:>9.3}")).collect();
             let pooled = if e.questions() >= MIN_QUESTIONS_PER_CLASS { "" } else { " (pooled)" };
-            let chosen = format!("{}{}", if prompt.corrected_box { "corrected box" } else { "anchor" }, if prompt.seg_token { " + seg token" } else { "" });
-            lines.push(format!("{class:<28} {:>4} {a:>9.3} {b:>9.3} {c:>9.3} {d:>9.3}  {chosen}{pooled}", e.questions()));
+            lines.push(format!("{class:<28} {:>4} {}  {}{pooled}", e.questions(), means.join(" "), long_name(prompt)));
         }
     }
     let unseen = class_names.iter().filter(|c| !evidence.contains_key(*c)).count();
@@ -164,13 +164,31 @@ pub fn describe(class_names: &[String], evidence: &BTreeMap<String, GateEvidence
     lines
 }
 
+/// A prompt's column name in the calibration log…
+fn short_name(p: &DecoderPrompt) -> String {
+    format!("{}{}", box_name(p.box_source).split(' ').next().unwrap_or_default(), if p.seg_token { "+t" } else { "" })
+}
+
+/// …and its name in a decision.
+fn long_name(p: &DecoderPrompt) -> String {
+    format!("{}{}", box_name(p.box_source), if p.seg_token { " + seg token" } else { "" })
+}
+
+fn box_name(source: BoxSource) -> &'static str {
+    match source {
+        BoxSource::Corrected => "corrected box",
+        BoxSource::Map => "map box",
+        BoxSource::Anchor => "anchor",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// `questions` questions whose IoUs under the four prompts are `means` ± `spread` (half of
-    /// them up, half down, the same for every prompt unless `noisy`).
-    fn evidence(questions: usize, means: [f64; 4], spread: f64) -> GateEvidence {
+    /// `questions` questions whose IoUs under the six prompts ([`DecoderPrompt::ALL`]'s order)
+    /// are `means`, the first prompt's ± `spread` (half of them up, half down).
+    fn evidence(questions: usize, means: [f64; PROMPTS], spread: f64) -> GateEvidence {
         let ious = (0..questions)
             .map(|q| {
                 let sign = if q % 2 == 0 { 1.0 } else { -1.0 };
@@ -182,26 +200,29 @@ mod tests {
 
     #[test]
     fn classes_with_clear_evidence_decide_and_the_rest_follow_the_pool() {
-        let names: Vec<String> = ["lung", "lesion", "rare", "unseen"].map(String::from).to_vec();
+        let names: Vec<String> = ["lung", "lesion", "kidney", "rare", "unseen"].map(String::from).to_vec();
         let table = BTreeMap::from([
-            ("lung".to_string(), evidence(30, [0.2, 0.6, 0.3, 0.7], 0.0)),
-            ("lesion".to_string(), evidence(10, [0.7, 0.5, 0.4, 0.3], 0.01)),
-            ("rare".to_string(), evidence(MIN_QUESTIONS_PER_CLASS - 1, [0.9, 0.1, 0.1, 0.1], 0.0)),
+            ("lung".to_string(), evidence(30, [0.2, 0.6, 0.3, 0.3, 0.3, 0.7], 0.0)),
+            ("lesion".to_string(), evidence(10, [0.7, 0.5, 0.6, 0.6, 0.4, 0.3], 0.01)),
+            ("kidney".to_string(), evidence(10, [0.3, 0.3, 0.4, 0.6, 0.1, 0.1], 0.01)),
+            ("rare".to_string(), evidence(MIN_QUESTIONS_PER_CLASS - 1, [0.9, 0.1, 0.1, 0.1, 0.1, 0.1], 0.0)),
         ]);
-        let anchor = DecoderPrompt { seg_token: false, corrected_box: false };
-        assert_eq!(gate_values(&names, &table), vec![anchor, DecoderPrompt::FULL, anchor, anchor]);
+        let map = DecoderPrompt { seg_token: false, box_source: BoxSource::Map };
+        let anchor = DecoderPrompt::ANCHOR;
+        assert_eq!(gate_values(&names, &table), vec![anchor, DecoderPrompt::FULL, map, anchor, anchor]);
         let lines = describe(&names, &table, &gate_values(&names, &table));
         assert!(lines.iter().any(|l| l.starts_with("rare") && l.ends_with("anchor (pooled)")), "{lines:?}");
         assert!(lines.iter().any(|l| l.starts_with("lesion") && l.ends_with("corrected box + seg token")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("kidney") && l.ends_with("map box")), "{lines:?}");
     }
 
     /// A mean gain within the noise of the per-question differences keeps the anchor; the same
     /// gain with little spread does not.
     #[test]
     fn a_gain_inside_the_noise_keeps_the_anchor() {
-        let anchor = DecoderPrompt { seg_token: false, corrected_box: false };
-        assert_eq!(evidence(10, [0.55, 0.0, 0.0, 0.5], 0.3).best(), anchor);
-        assert_eq!(evidence(10, [0.55, 0.0, 0.0, 0.5], 0.01).best(), DecoderPrompt::FULL);
-        assert_eq!(evidence(5, [0.5; 4], 0.0).best(), anchor, "a tie keeps the anchor");
+        let anchor = DecoderPrompt::ANCHOR;
+        assert_eq!(evidence(10, [0.55, 0.0, 0.0, 0.0, 0.0, 0.5], 0.3).best(), anchor);
+        assert_eq!(evidence(10, [0.55, 0.0, 0.0, 0.0, 0.0, 0.5], 0.01).best(), DecoderPrompt::FULL);
+        assert_eq!(evidence(5, [0.5; PROMPTS], 0.0).best(), anchor, "a tie keeps the anchor");
     }
 }

@@ -7,6 +7,7 @@ pub mod chart;
 pub mod dataset;
 pub mod eval;
 pub mod losses;
+pub mod place;
 pub mod questions;
 pub mod targets;
 pub mod trainer;

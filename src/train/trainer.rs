@@ -11,8 +11,9 @@
 //! too) end to end. A last batched phase, the refit, recomputes the LLM states with the final
 //! projector and candidate tokens and refits the box and content heads on them (everything else
 //! frozen): those heads only read the states and the image, so they catch up cheaply with what
-//! the full run changed. Last, the seg-token gate is calibrated per class on training images the
-//! heads never saw ([`super::calibrate`]).
+//! the full run changed. Then the place head learns where each structure lies from the
+//! embeddings and masks alone ([`super::place`]). Last, the decoder-prompt gates are calibrated
+//! per class on training images the heads never saw ([`super::calibrate`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -35,7 +36,7 @@ use super::targets::Targets;
 use crate::error::{Error, Result};
 use crate::llm::TextModel;
 use crate::reason::sequence::Layout;
-use crate::reason::{DecoderPrompt, Located, ReasonConfig, ReasonOutput, ReasoningHeads};
+use crate::reason::{Located, ReasonConfig, ReasonOutput, ReasoningHeads};
 use crate::segment::read_f32;
 use crate::rng::SplitMix64;
 use crate::segment::BoxSegmenter;
@@ -60,6 +61,8 @@ pub struct TrainConfig {
     pub refit_steps: usize,
     /// Held-out training images per data set for the seg-token gate (see [`super::calibrate`]).
     pub calibration_images_per_set: usize,
+    /// Epochs of the place head over the training images (0: no place phase).
+    pub place_epochs: usize,
     /// Trained heads to start from instead of a fresh initialisation (no warm-up then: the full
     /// phase fine-tunes them), e.g. the shipped ones after the data changed. A checkpoint in
     /// `output_dir` takes precedence, so an interrupted fine-tune resumes.
@@ -81,6 +84,8 @@ struct TrainState {
     warmed_up: bool,
     #[serde(default)]
     refitted: bool,
+    #[serde(default)]
+    placed: bool,
     #[serde(default)]
     calibrated: bool,
 }
@@ -309,8 +314,10 @@ impl Batched {
                 class: heads.class.no_grad(),
                 box_head: heads.box_head,
                 content: heads.content,
+                place: heads.place.no_grad(),
                 seg_gate: heads.seg_gate,
                 box_gate: heads.box_gate,
+                map_gate: heads.map_gate,
             },
         }
     }
@@ -563,6 +570,14 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         state.refitted = true;
         save(&heads, &state)?;
     }
+    if !state.placed && config.place_epochs > 0 {
+        let place = super::place::PlaceConfig { epochs: config.place_epochs, batch: 16, learning_rate: 1e-3, seed: config.seed };
+        log(&format!("place: where each structure lies, {} epochs over {} images", place.epochs, sampler.images.len()));
+        heads.place = super::place::train_place(heads.place, &data, &sampler.images, &cache, &sampler.class_names, &place, &device, log)?;
+        state.placed = true;
+        state.calibrated = false; // the gates were chosen without these maps
+        save(&heads, &state)?;
+    }
     if !state.calibrated && config.calibration_images_per_set > 0 {
         drop(llm);
         save(&heads, &state)?; // the calibration reads the heads as they will ship
@@ -575,12 +590,13 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         for line in calibrate::describe(&class_names, &evidence, &prompts) {
             log(&format!("calibrate: {line}"));
         }
-        let gate = |open: fn(&DecoderPrompt) -> bool| {
-            let values: Vec<f32> = prompts.iter().map(|p| if open(p) { 1.0 } else { 0.0 }).collect();
+        let gate = |index: usize| {
+            let values: Vec<f32> = prompts.iter().map(|p| p.gates()[index]).collect();
             Param::from_tensor(Tensor::<1>::from_floats(values.as_slice(), &device)).set_require_grad(false)
         };
-        heads.seg_gate = gate(|p| p.seg_token);
-        heads.box_gate = gate(|p| p.corrected_box);
+        heads.seg_gate = gate(0);
+        heads.box_gate = gate(1);
+        heads.map_gate = gate(2);
         state.calibrated = true;
     }
     // Saved again so that a finished run rewritten by a newer medsee gets the current format.
