@@ -166,15 +166,18 @@ impl Reasoner {
     /// The reasoning graph's raw outputs for a (clean) question: one LLM pass, the heads, and
     /// the mask decoder prompted as the class gates want it.
     pub async fn forward(&self, embedding: &ImageEmbedding, question: &str) -> Result<ReasonOutput> {
-        let (candidates, located) = self.locate(embedding, question).await?;
+        let (candidates, mut located) = self.locate(embedding, question)?;
         let gates = read_f32(self.heads.decoder_prompt(located.target_logits.clone())).await?;
-        Ok(self.decode(embedding, candidates, located, DecoderPrompt::from_gates(&gates)))
+        let prompt = DecoderPrompt::from_gates(&gates);
+        if prompt.box_source == BoxSource::Map {
+            located.map_box_cxcywh = self.map_box(embedding, &located).await?;
+        }
+        Ok(self.decode(embedding, candidates, located, prompt))
     }
 
     /// The graph up to the mask decoder: one LLM pass over the question with the image's vision
-    /// tokens, then the heads, and the box of the place map. Returns the candidate states and
-    /// what the heads located.
-    pub async fn locate(&self, embedding: &ImageEmbedding, question: &str) -> Result<(Tensor<3>, Located)> {
+    /// tokens, then the heads. Returns the candidate states and what the heads located.
+    pub fn locate(&self, embedding: &ImageEmbedding, question: &str) -> Result<(Tensor<3>, Located)> {
         let layout = Layout::new(&self.llm.tokenizer, question, &[], self.config.vision_tokens(64), self.config.candidates)?;
         if layout.len() > self.llm.config.max_sequence {
             return Err(Error::Prompt(format!("the question is too long for the language model ({} tokens)", layout.len())));
@@ -182,11 +185,17 @@ impl Reasoner {
         let candidates = self.heads.candidate_states(&self.llm.model, embedding.tensor.clone(), &layout)?;
         let ruled_out: Vec<f32> = self.knowledge.ruled_out_by_side(question).iter().map(|&out| if out { RULED_OUT_LOGIT } else { 0.0 }).collect();
         let ruled_out = Tensor::<1>::from_floats(ruled_out.as_slice(), &candidates.device()).reshape([1, self.classes.len()]);
-        let mut located = self.heads.locate(embedding.tensor.clone(), candidates.clone(), Some(ruled_out));
-        let [_, side, _] = located.place_logits.dims();
-        located.map_box_cxcywh = box_of_map(&read_f32(located.place_logits.clone()).await?, side)
-            .map(|b| Tensor::<1>::from_floats(b, &candidates.device()).reshape([1, 4]));
+        let located = self.heads.locate(embedding.tensor.clone(), candidates.clone(), Some(ruled_out));
         Ok((candidates, located))
+    }
+
+    /// The box of the place map of the structure `located` means, for a map-box prompt (`None`:
+    /// the map is empty, and the decoder gets the anchor).
+    pub async fn map_box(&self, embedding: &ImageEmbedding, located: &Located) -> Result<Option<Tensor<2>>> {
+        let logits = self.heads.place_logits(embedding.tensor.clone(), located.target_logits.clone());
+        let [_, side, _] = logits.dims();
+        let device = logits.device();
+        Ok(box_of_map(&read_f32(logits).await?, side).map(|b| Tensor::<1>::from_floats(b, &device).reshape([1, 4])))
     }
 
     /// The mask decoder on what [`Self::locate`] found, prompted as `prompt` says.

@@ -161,9 +161,8 @@ pub struct Located {
     pub box_cxcywh: Tensor<2>,
     /// …the usual place of the structure meant…
     pub anchor_cxcywh: Tensor<2>,
-    /// …and that structure's place map, `[B, 64, 64]` logits, whose box
-    /// ([`heads::box_of_map`], computed on the host) is `map_box_cxcywh` once read.
-    pub place_logits: Tensor<3>,
+    /// …and the box of that structure's place map ([`ReasoningHeads::place_logits`] →
+    /// [`heads::box_of_map`], on the host), set by the caller only where a prompt uses it.
     pub map_box_cxcywh: Option<Tensor<2>>,
     pub presence_logit: Tensor<1>,
     /// `[B, classes]`: which structure the question asks for (the question alone).
@@ -263,14 +262,12 @@ impl ReasoningHeads {
             Some(bias) => target_logits + bias,
             None => target_logits,
         };
-        let similarity = self.similarity.forward(fused.seg.clone(), embedding.clone());
+        let similarity = self.similarity.forward(fused.seg.clone(), embedding);
         let map = map_features(similarity.logits.clone());
         let anchor = self.box_head.anchor(softmax(target_logits.clone(), 1));
-        let meant = meant(target_logits.clone());
         Located {
             box_cxcywh: self.box_head.forward(fused.bbox.clone(), map, anchor),
-            anchor_cxcywh: self.box_head.anchor_of(meant.clone()),
-            place_logits: self.place.forward_class(embedding.clone(), meant),
+            anchor_cxcywh: self.box_head.anchor_of(meant(target_logits.clone())),
             map_box_cxcywh: None,
             presence_logit: presence_logit(class_probs, content_logits.clone()),
             class_logits,
@@ -279,6 +276,12 @@ impl ReasoningHeads {
             similarity,
             fused,
         }
+    }
+
+    /// The place map of the structure meant (the target distribution's top), `[B, 64, 64]`
+    /// logits. Only a map-box prompt reads it, so [`Self::locate`] leaves it to the caller.
+    pub fn place_logits(&self, embedding: Tensor<4>, target_logits: Tensor<2>) -> Tensor<3> {
+        self.place.forward_class(embedding, meant(target_logits))
     }
 
     /// How the decoder is prompted for the structure meant (the target distribution's top):
@@ -291,7 +294,7 @@ impl ReasoningHeads {
 
     /// The mask decoder, prompted as `prompt` says with what [`Self::locate`] found.
     pub fn decode(&self, sam: &LiteMedSam, embedding: Tensor<4>, candidates: Tensor<3>, located: Located, prompt: DecoderPrompt) -> ReasonOutput {
-        let Located { fused, similarity, box_cxcywh, anchor_cxcywh, map_box_cxcywh, presence_logit, class_logits, content_logits, target_logits, .. } = located;
+        let Located { fused, similarity, box_cxcywh, anchor_cxcywh, map_box_cxcywh, presence_logit, class_logits, content_logits, target_logits } = located;
         let box_cxcywh = match prompt.box_source {
             BoxSource::Corrected => box_cxcywh,
             BoxSource::Map => map_box_cxcywh.unwrap_or(anchor_cxcywh),

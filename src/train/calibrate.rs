@@ -132,7 +132,8 @@ pub fn gate_evidence(reasoner: &Reasoner, data: &Dataset, images: &[&ImageItem],
         for record in &item.objects {
             let Some(structure) = generator.knowledge().structure(&record.class) else { continue };
             let question = clean_question(&generator.positive(&structure, &mut rng).text)?;
-            let (candidates, located) = block_on(reasoner.locate(&embedding, &question))?;
+            let (candidates, mut located) = reasoner.locate(&embedding, &question)?;
+            located.map_box_cxcywh = block_on(reasoner.map_box(&embedding, &located))?;
             let target = Targets::load(&data.root, record)?;
             let mut iou = [0.0; PROMPTS];
             for (iou, prompt) in iou.iter_mut().zip(DecoderPrompt::ALL) {
