@@ -14,7 +14,7 @@ use crate::reason::heads::cxcywh_to_xyxy;
 use crate::reason::knowledge::{addressed_to_reader, Knowledge, Structure};
 use crate::reason::sequence::Layout;
 use crate::reason::heads::box_of_map;
-use crate::reason::{BoxSource, DecoderPrompt, Located, ReasonConfig, ReasonOutput, ReasoningHeads};
+use crate::reason::{AnswerBox, BoxSource, DecoderPrompt, Located, ReasonConfig, ReasonOutput, ReasoningHeads};
 use crate::sam::{postprocess_masks, INPUT_SIZE};
 use crate::segment::{read_f32, BoxSegmenter, ImageEmbedding};
 use crate::weights;
@@ -69,10 +69,12 @@ pub struct Answer {
     pub found: bool,
     /// Probability that the structure is present.
     pub presence: f32,
-    /// The structure's box in image pixels: the tight box of the mask (the prompt box when the
-    /// mask is empty); `None` when not found.
+    /// The structure's box in image pixels, as `box_from` says; `None` when not found.
     #[serde(rename = "box")]
     pub bbox: Option<PixelBox>,
+    /// Which box `box` is (the class gate): the tight box of the mask (`mask`; the prompt box
+    /// when the mask is empty) or the box that prompted the decoder (`prompt`).
+    pub box_from: AnswerBox,
     /// The box that prompted the mask decoder, in image pixels; `None` when not found.
     pub prompt_box: Option<PixelBox>,
     /// The mask decoder's estimate of the mask's IoU.
@@ -164,15 +166,15 @@ impl Reasoner {
     }
 
     /// The reasoning graph's raw outputs for a (clean) question: one LLM pass, the heads, and
-    /// the mask decoder prompted as the class gates want it.
-    pub async fn forward(&self, embedding: &ImageEmbedding, question: &str) -> Result<ReasonOutput> {
+    /// the mask decoder prompted as the class gates want it; and which box they want answered.
+    pub async fn forward(&self, embedding: &ImageEmbedding, question: &str) -> Result<(ReasonOutput, AnswerBox)> {
         let (candidates, mut located) = self.locate(embedding, question)?;
-        let gates = read_f32(self.heads.decoder_prompt(located.target_logits.clone())).await?;
+        let gates = read_f32(self.heads.class_gates(located.target_logits.clone())).await?;
         let prompt = DecoderPrompt::from_gates(&gates);
         if prompt.box_source == BoxSource::Map {
             located.map_box_cxcywh = self.map_box(embedding, &located).await?;
         }
-        Ok(self.decode(embedding, candidates, located, prompt))
+        Ok((self.decode(embedding, candidates, located, prompt), AnswerBox::from_gate(gates[3])))
     }
 
     /// The graph up to the mask decoder: one LLM pass over the question with the image's vision
@@ -206,7 +208,7 @@ impl Reasoner {
     /// Answers `question` about the encoded image: mask, box, presence, fusion weights, heat map.
     pub async fn ask(&self, embedding: &ImageEmbedding, question: &str) -> Result<Answer> {
         let question = clean_question(question)?;
-        let out = self.forward(embedding, &question).await?;
+        let (out, box_from) = self.forward(embedding, &question).await?;
         let (width, height) = embedding.original_size;
         let presence = sigmoid(read_f32(out.presence_logit).await?[0]);
         let found = presence > 0.5;
@@ -237,12 +239,12 @@ impl Reasoner {
             let [x0, y0, x1, y1] = [0, 1, 2, 3].map(|i| model_box[i] / embedding.scale);
             let clip = |v: f32, max: u32| v.clamp(0.0, max as f32);
             let prompt_box = PixelBox::new(clip(x0, width), clip(y0, height), clip(x1, width), clip(y1, height));
-            let bbox = structure_box(&mask, prompt_box);
+            let bbox = answer_box(box_from, &mask, prompt_box);
             (mask, Some(bbox), Some(prompt_box))
         } else {
             (Mask { width, height, data: vec![0; width as usize * height as usize] }, None, None)
         };
-        Ok(Answer { question, found, presence, bbox, prompt_box, score, mask_area: mask.area(), mask_rle: mask.coco_rle(), structure, seg_token, box_source, seg_weights, box_weights, mask, heatmap })
+        Ok(Answer { question, found, presence, bbox, box_from, prompt_box, score, mask_area: mask.area(), mask_rle: mask.coco_rle(), structure, seg_token, box_source, seg_weights, box_weights, mask, heatmap })
     }
 
     /// The explanation of `answer`, streamed piece by piece to `on_text` (return false to stop).
@@ -295,13 +297,17 @@ impl Reasoner {
     }
 }
 
-/// The box an answer reports: the tight box of its mask, so that the box drawn and the mask
-/// agree, falling back to the decoder's prompt box when the mask is empty. The mask's box is the
-/// better detection: on the validation questions it raised box Acc@0.5 from 0.517 to 0.531 (skin
-/// lesions 0.54 → 0.69 box IoU, fetal heads 0.63 → 0.71), because the decoder reads the image
-/// where the box head only reads the prompt's summary of it.
-pub fn structure_box(mask: &Mask, prompt_box: PixelBox) -> PixelBox {
-    mask.bounding_box().unwrap_or(prompt_box)
+/// The box an answer reports, as its class gate says ([`AnswerBox`]): the tight box of its mask
+/// (so that the box drawn and the mask agree), falling back to the decoder's prompt box when the
+/// mask is empty; or the prompt box. Where the box head prompted the decoder, the mask's box is
+/// the better detection: on the validation questions it raised box Acc@0.5 from 0.517 to 0.531
+/// (skin lesions 0.54 → 0.69 box IoU, fetal heads 0.63 → 0.71), because the decoder reads the
+/// image where the box head only reads the prompt's summary of it.
+pub fn answer_box(kind: AnswerBox, mask: &Mask, prompt_box: PixelBox) -> PixelBox {
+    match kind {
+        AnswerBox::Mask => mask.bounding_box().unwrap_or(prompt_box),
+        AnswerBox::Prompt => prompt_box,
+    }
 }
 
 fn sigmoid(x: f32) -> f32 {

@@ -89,7 +89,7 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         calibration_images_per_set: usize,
         /// Epochs of the place head (where each structure lies) over the training images' embeddings and masks (0: none).
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 20)]
         place_epochs: usize,
         /// Fine-tune these trained heads (e.g. models/reason-heads.bpk) instead of starting fresh: no warm-up.
         #[arg(long)]

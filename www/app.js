@@ -41,7 +41,8 @@ function showAnswer(data) {
       + `mask quality ${(s.score * 100).toFixed(0)} % (in ${(data.askMs / 1000).toFixed(1)} s). `
       + `Fusion weights [SEG]/[BBOX]/extra: mask ${weights(s.seg_weights)}, box ${weights(s.box_weights)}; `
       + `mask prompted by ${PROMPT_BOXES[s.box_source] ?? s.box_source}`
-      + `${s.seg_token ? ' and the [SEG] token' : ''}.`
+      + `${s.seg_token ? ' and the [SEG] token' : ''}; `
+      + `${s.box_from === 'prompt' ? 'the box drawn is that prompt box' : 'the box drawn fits the mask'}.`
     : `Not found in this image (presence ${(s.presence * 100).toFixed(0)} %).`;
   $('answer-facts').classList.toggle('not-found', !s.found);
   document.body.dataset.answerFound = String(s.found);

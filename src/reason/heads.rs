@@ -5,7 +5,8 @@
 //! maps, whose box can prompt the mask decoder).
 
 use burn::module::{Module, Param};
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::{Device, Int, Tensor};
 
@@ -181,26 +182,32 @@ impl ContentHead {
 }
 
 /// Where each of the knowledge table's structures lies in this image: one map of logits per class
-/// on the 64×64 embedding grid, from the image alone (an MLP over each cell's channels). The
-/// question only chooses which map to read. The box head sees a summary of the image and mostly
-/// learned where a structure usually lies; this head reads every cell, so a lesion, a fetal
-/// head or a kidney is found where it is (box IoU of the map's box against the ground truth on
-/// the validation images, the class given: 0.66 against the usual place's 0.57).
+/// on the 64×64 embedding grid, from the image alone (a 3×3 convolution over the embedding, then
+/// a per-cell linear layer per class). The question only chooses which map to read. The box head
+/// sees a summary of the image and mostly learned where a structure usually lies; this head reads
+/// every cell and its neighbours, so a lesion, a fetal head or a kidney is found where it is. The
+/// 3×3 neighbourhood matters: with a per-cell layer instead, the map's box reached a validation
+/// box IoU of 0.66 (the class given; the usual place's box: 0.57; Acc@0.5 0.75), with the 3×3 layer
+/// 0.68 (Acc@0.5 0.78) after a third of the epochs.
 #[derive(Module, Debug)]
 pub struct PlaceHead {
-    pub hidden: Linear,
+    pub context: Conv2d,
     pub output: Linear,
 }
 
 impl PlaceHead {
     pub fn new(embedding_channels: usize, hidden: usize, classes: usize, device: &Device) -> Self {
-        Self { hidden: LinearConfig::new(embedding_channels, hidden).init(device), output: LinearConfig::new(hidden, classes).init(device) }
+        Self {
+            context: Conv2dConfig::new([embedding_channels, hidden], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device),
+            output: LinearConfig::new(hidden, classes).init(device),
+        }
     }
 
     /// `[B, C, H, W]` → `[B, H·W, hidden]`.
     fn cells(&self, embedding: Tensor<4>) -> Tensor<3> {
-        let [b, c, h, w] = embedding.dims();
-        relu(self.hidden.forward(embedding.reshape([b, c, h * w]).swap_dims(1, 2)))
+        let hidden = relu(self.context.forward(embedding));
+        let [b, c, h, w] = hidden.dims();
+        hidden.reshape([b, c, h * w]).swap_dims(1, 2)
     }
 
     /// Every class's map: `[B, C, H, W]` → `[B, classes, H·W]` logits.
@@ -376,6 +383,24 @@ mod tests {
             let got = &one[row * 16..(row + 1) * 16];
             assert!(want.iter().zip(got).all(|(w, g)| (w - g).abs() < 1e-5), "row {row}: {got:?} vs {want:?}");
         }
+    }
+
+    /// A cell's map reads its 3×3 neighbourhood of the embedding and nothing further.
+    #[test]
+    fn a_place_map_cell_sees_its_neighbours_only() {
+        let device = Device::flex();
+        let head = PlaceHead::new(8, 32, 5, &device); // 32 hidden units: never all dead at a cell
+        let embedding = Tensor::<4>::random([1, 8, 6, 6], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let mut changed = embedding.clone().into_data().try_to_vec::<f32>().unwrap();
+        for channel in 0..8 {
+            changed[channel * 36] += 5.0; // cell (0, 0)
+        }
+        let changed = Tensor::<1>::from_floats(changed.as_slice(), &device).reshape([1, 8, 6, 6]);
+        let before = head.forward(embedding).into_data().try_to_vec::<f32>().unwrap();
+        let after = head.forward(changed).into_data().try_to_vec::<f32>().unwrap();
+        let moved = |y: usize, x: usize| (0..5).any(|class| (before[class * 36 + y * 6 + x] - after[class * 36 + y * 6 + x]).abs() > 1e-6);
+        assert!(moved(1, 1), "the diagonal neighbour must see the change");
+        assert!(!moved(2, 2) && !moved(0, 2), "cells two away must not");
     }
 
     #[test]

@@ -68,6 +68,7 @@ impl ReasonConfig {
             seg_gate: Param::from_tensor(Tensor::ones([self.classes], device)).set_require_grad(false),
             box_gate: Param::from_tensor(Tensor::ones([self.classes], device)).set_require_grad(false),
             map_gate: Param::from_tensor(Tensor::zeros([self.classes], device)).set_require_grad(false),
+            prompt_box_gate: Param::from_tensor(Tensor::zeros([self.classes], device)).set_require_grad(false),
         }
     }
 }
@@ -96,6 +97,42 @@ pub struct ReasoningHeads {
     /// `[classes]`: 1 where the box of the class's place map prompts the decoder best (it then
     /// takes precedence over `box_gate`). Calibrated with the others; all 0 until then.
     pub map_gate: Param<Tensor<1>>,
+    /// `[classes]`: 1 where the box that prompted the decoder is the better answer box on that
+    /// class, 0 where the tight box of the decoded mask is (see [`AnswerBox`]). Calibrated with
+    /// the others; all 0 until then.
+    pub prompt_box_gate: Param<Tensor<1>>,
+}
+
+/// Which box an answer reports. The decoder reads the image, so the tight box of its mask is
+/// usually the better detection (a skin lesion, a fetal head); but where the decoder cannot
+/// segment a structure well even from the true box — a clavicle on a chest X-ray, mask IoU 0.33
+/// given the ground-truth box — the box that prompted it (the place map's) is the better one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerBox {
+    /// The tight box of the answer's mask (the prompt box when the mask is empty).
+    Mask,
+    /// The box that prompted the mask decoder.
+    Prompt,
+}
+
+impl AnswerBox {
+    /// From the gate [`ReasoningHeads::class_gates`] reads last.
+    pub fn from_gate(gate: f32) -> Self {
+        if gate >= 0.5 {
+            Self::Prompt
+        } else {
+            Self::Mask
+        }
+    }
+
+    pub fn gate(self) -> f32 {
+        if self == Self::Prompt {
+            1.0
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Which box prompts the mask decoder.
@@ -133,7 +170,8 @@ impl DecoderPrompt {
         Self::ANCHOR,
     ];
 
-    /// From the gates [`ReasoningHeads::decoder_prompt`] reads: `[seg token, corrected box, map box]`.
+    /// From the first three gates [`ReasoningHeads::class_gates`] reads: `[seg token, corrected
+    /// box, map box]`.
     pub fn from_gates(gates: &[f32]) -> Self {
         let box_source = if gates[2] >= 0.5 {
             BoxSource::Map
@@ -284,12 +322,13 @@ impl ReasoningHeads {
         self.place.forward_class(embedding, meant(target_logits))
     }
 
-    /// How the decoder is prompted for the structure meant (the target distribution's top):
-    /// its three gates, `[seg token, corrected box, map box]` (batch 1; ≥ 0.5: open; see
-    /// [`DecoderPrompt::from_gates`]).
-    pub fn decoder_prompt(&self, target_logits: Tensor<2>) -> Tensor<1> {
-        let gates = Tensor::stack::<2>(vec![self.seg_gate.val(), self.box_gate.val(), self.map_gate.val()], 1);
-        gates.select(0, meant(target_logits)).reshape([3])
+    /// The calibrated gates of the structure meant (the target distribution's top), `[seg token,
+    /// corrected box, map box, prompt box answered]` (batch 1; ≥ 0.5: open): how the decoder is
+    /// prompted ([`DecoderPrompt::from_gates`]) and which box the answer reports
+    /// ([`AnswerBox::from_gate`]).
+    pub fn class_gates(&self, target_logits: Tensor<2>) -> Tensor<1> {
+        let gates = Tensor::stack::<2>(vec![self.seg_gate.val(), self.box_gate.val(), self.map_gate.val(), self.prompt_box_gate.val()], 1);
+        gates.select(0, meant(target_logits)).reshape([4])
     }
 
     /// The mask decoder, prompted as `prompt` says with what [`Self::locate`] found.
@@ -406,19 +445,23 @@ mod tests {
     }
 
     #[test]
-    fn the_class_gates_decide_how_the_decoder_is_prompted() {
+    fn the_class_gates_decide_how_the_decoder_is_prompted_and_which_box_is_answered() {
         let (device, sam, llm, mut heads, layout, embedding) = setup();
         heads.seg_gate = Param::from_tensor(Tensor::from_floats([1.0, 0.0, 0.0, 1.0, 0.0], &device));
         heads.box_gate = Param::from_tensor(Tensor::from_floats([0.0, 0.0, 1.0, 1.0, 1.0], &device));
         heads.map_gate = Param::from_tensor(Tensor::from_floats([0.0, 1.0, 0.0, 0.0, 1.0], &device));
+        heads.prompt_box_gate = Param::from_tensor(Tensor::from_floats([0.0, 1.0, 0.0, 0.0, 1.0], &device));
         let sure_of = |class: usize| {
             let logits: Vec<f32> = (0..5).map(|c| if c == class { 20.0 } else { 0.0 }).collect();
             Tensor::<1>::from_floats(logits.as_slice(), &device).reshape([1, 5])
         };
-        let prompt = |class: usize| DecoderPrompt::from_gates(&heads.decoder_prompt(sure_of(class)).into_data().try_to_vec::<f32>().unwrap());
+        let gates = |class: usize| heads.class_gates(sure_of(class)).into_data().try_to_vec::<f32>().unwrap();
+        let prompt = |class: usize| DecoderPrompt::from_gates(&gates(class));
         let expected = [(true, BoxSource::Anchor), (false, BoxSource::Map), (false, BoxSource::Corrected), (true, BoxSource::Corrected), (false, BoxSource::Map)];
         for (class, (seg_token, box_source)) in expected.into_iter().enumerate() {
             assert_eq!(prompt(class), DecoderPrompt { seg_token, box_source }, "class {class}");
+            let answer_box = if box_source == BoxSource::Map { AnswerBox::Prompt } else { AnswerBox::Mask };
+            assert_eq!(AnswerBox::from_gate(gates(class)[3]), answer_box, "class {class}");
         }
         for p in DecoderPrompt::ALL {
             assert_eq!(DecoderPrompt::from_gates(&p.gates()), p);

@@ -8,7 +8,10 @@
 //! heart on a chest X-ray), and the box of the place map can beat both. The training images
 //! cannot tell which, because the heads have fitted them, so each class chooses among the six
 //! prompts on training images the heads never saw — and leaves the anchor alone, the baseline's
-//! prompt, only for a gain clear of noise.
+//! prompt, only for a gain clear of noise. On the same questions each class then chooses which
+//! box its answers report: the mask's tight box, unless the box that prompted the decoder is
+//! better by a margin clear of noise (a clavicle, which the decoder segments poorly even from
+//! the true box).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,13 +19,15 @@ use futures_lite::future::block_on;
 
 use super::cache::EmbeddingCache;
 use super::dataset::{Dataset, ImageItem, Split};
-use super::eval::mask_iou;
+use super::eval::{box_iou, mask_iou, xyxy};
 use super::questions::{Phrasings, QuestionGenerator};
 use super::targets::Targets;
 use super::trainer::select_images;
-use crate::ask::{clean_question, Reasoner};
+use crate::ask::{answer_box, clean_question, Reasoner, SMALL_REGION_DECODER_PIXELS};
+use crate::image::{Mask, PixelBox};
 use crate::error::Result;
-use crate::reason::{BoxSource, DecoderPrompt};
+use crate::reason::{AnswerBox, BoxSource, DecoderPrompt};
+use crate::sam::INPUT_SIZE;
 use crate::rng::SplitMix64;
 use crate::segment::read_f32;
 
@@ -34,10 +39,38 @@ pub const MIN_QUESTIONS_PER_CLASS: usize = 4;
 /// of the paired per-question differences, before a class leaves the anchor.
 pub const REQUIRED_STANDARD_ERRORS: f64 = 2.0;
 
-/// Mask IoU of one class's calibration questions under each prompt of [`DecoderPrompt::ALL`].
+/// Mask IoU of one class's calibration questions under each prompt of [`DecoderPrompt::ALL`],
+/// and the box IoU of the two boxes an answer could report under it, `[mask's box, prompt box]`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GateEvidence {
     pub ious: Vec<[f64; PROMPTS]>,
+    pub box_ious: Vec<[[f64; 2]; PROMPTS]>,
+}
+
+/// The calibrated choices of one class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassChoice {
+    pub prompt: DecoderPrompt,
+    pub answer_box: AnswerBox,
+}
+
+impl ClassChoice {
+    /// The values of the class's gates (see [`crate::reason::ReasoningHeads::class_gates`]).
+    pub fn gates(self) -> [f32; 4] {
+        let [seg, corrected, map] = self.prompt.gates();
+        [seg, corrected, map, self.answer_box.gate()]
+    }
+}
+
+/// Mean and standard error of paired per-question differences.
+fn mean_and_error(differences: &[f64]) -> (f64, f64) {
+    let n = differences.len() as f64;
+    let mean = differences.iter().sum::<f64>() / n.max(1.0);
+    if differences.len() < 2 {
+        return (mean, f64::INFINITY);
+    }
+    let variance = differences.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (variance / n).sqrt())
 }
 
 const PROMPTS: usize = DecoderPrompt::ALL.len();
@@ -48,6 +81,7 @@ const ANCHOR_ONLY: usize = PROMPTS - 1;
 impl GateEvidence {
     fn add(&mut self, other: &GateEvidence) {
         self.ious.extend_from_slice(&other.ious);
+        self.box_ious.extend_from_slice(&other.box_ious);
     }
 
     pub fn questions(&self) -> usize {
@@ -61,14 +95,31 @@ impl GateEvidence {
 
     /// Mean and standard error of prompt `i`'s per-question gain over the anchor alone.
     fn gain_over_anchor(&self, i: usize) -> (f64, f64) {
-        let gains: Vec<f64> = self.ious.iter().map(|q| q[i] - q[ANCHOR_ONLY]).collect();
-        let n = gains.len() as f64;
-        let mean = gains.iter().sum::<f64>() / n.max(1.0);
-        if gains.len() < 2 {
-            return (mean, f64::INFINITY);
+        mean_and_error(&self.ious.iter().map(|q| q[i] - q[ANCHOR_ONLY]).collect::<Vec<_>>())
+    }
+
+    /// Mean box IoU of the mask's box and of the prompt box under prompt `i`.
+    fn box_means(&self, i: usize) -> [f64; 2] {
+        let n = self.box_ious.len().max(1) as f64;
+        [0, 1].map(|k| self.box_ious.iter().map(|q| q[i][k]).sum::<f64>() / n)
+    }
+
+    /// The mask's box, unless under prompt `i` the prompt box beats it by more than
+    /// [`REQUIRED_STANDARD_ERRORS`].
+    fn answer_box(&self, i: usize) -> AnswerBox {
+        let (gain, error) = mean_and_error(&self.box_ious.iter().map(|q| q[i][1] - q[i][0]).collect::<Vec<_>>());
+        if gain > REQUIRED_STANDARD_ERRORS * error {
+            AnswerBox::Prompt
+        } else {
+            AnswerBox::Mask
         }
-        let variance = gains.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / (n - 1.0);
-        (mean, (variance / n).sqrt())
+    }
+
+    /// [`Self::best`] prompt, and the answer box under it.
+    fn choice(&self) -> ClassChoice {
+        let prompt = self.best();
+        let index = DecoderPrompt::ALL.iter().position(|p| *p == prompt).expect("best is one of ALL");
+        ClassChoice { prompt, answer_box: self.answer_box(index) }
     }
 
     /// The anchor alone, unless another prompt beats it by more than
@@ -87,9 +138,9 @@ impl GateEvidence {
     }
 }
 
-/// The prompt per class (in `class_names` order): a class with enough evidence takes its best;
+/// The choices per class (in `class_names` order): a class with enough evidence makes its own;
 /// the others follow the pooled evidence.
-pub fn gate_values(class_names: &[String], evidence: &BTreeMap<String, GateEvidence>) -> Vec<DecoderPrompt> {
+pub fn class_choices(class_names: &[String], evidence: &BTreeMap<String, GateEvidence>) -> Vec<ClassChoice> {
     let mut pooled = GateEvidence::default();
     for e in evidence.values() {
         pooled.add(e);
@@ -97,8 +148,8 @@ pub fn gate_values(class_names: &[String], evidence: &BTreeMap<String, GateEvide
     class_names
         .iter()
         .map(|class| match evidence.get(class) {
-            Some(e) if e.questions() >= MIN_QUESTIONS_PER_CLASS => e.best(),
-            _ => pooled.best(),
+            Some(e) if e.questions() >= MIN_QUESTIONS_PER_CLASS => e.choice(),
+            _ => pooled.choice(),
         })
         .collect()
 }
@@ -135,12 +186,21 @@ pub fn gate_evidence(reasoner: &Reasoner, data: &Dataset, images: &[&ImageItem],
             let (candidates, mut located) = reasoner.locate(&embedding, &question)?;
             located.map_box_cxcywh = block_on(reasoner.map_box(&embedding, &located))?;
             let target = Targets::load(&data.root, record)?;
-            let mut iou = [0.0; PROMPTS];
-            for (iou, prompt) in iou.iter_mut().zip(DecoderPrompt::ALL) {
+            let target_box = xyxy(target.box_cxcywh);
+            let mut ious = [0.0; PROMPTS];
+            let mut box_ious = [[0.0; 2]; PROMPTS];
+            for ((iou, box_iou_pair), prompt) in ious.iter_mut().zip(&mut box_ious).zip(DecoderPrompt::ALL) {
                 let out = reasoner.decode(&embedding, candidates.clone(), located.clone(), prompt);
-                *iou = mask_iou(&block_on(read_f32(out.decoder.low_res_masks))?, &target.mask);
+                let logits = block_on(read_f32(out.decoder.low_res_masks))?;
+                *iou = mask_iou(&logits, &target.mask);
+                let [x0, y0, x1, y1] = xyxy(block_on(read_f32(out.box_cxcywh))?.try_into().expect("one box"));
+                let prompt_box = PixelBox::new(x0, y0, x1, y1);
+                let mask = Mask::from_logits(INPUT_SIZE as u32, INPUT_SIZE as u32, &logits).without_small_regions(SMALL_REGION_DECODER_PIXELS as usize);
+                *box_iou_pair = [AnswerBox::Mask, AnswerBox::Prompt].map(|kind| box_iou(answer_box(kind, &mask, prompt_box).as_array(), target_box));
             }
-            evidence.entry(record.class.clone()).or_default().ious.push(iou);
+            let entry = evidence.entry(record.class.clone()).or_default();
+            entry.ious.push(ious);
+            entry.box_ious.push(box_ious);
         }
         if n % 10 == 9 || n + 1 == images.len() {
             log(&format!("calibrate: {}/{} images", n + 1, images.len()));
@@ -150,14 +210,32 @@ pub fn gate_evidence(reasoner: &Reasoner, data: &Dataset, images: &[&ImageItem],
 }
 
 /// The evidence and decisions as log lines.
-pub fn describe(class_names: &[String], evidence: &BTreeMap<String, GateEvidence>, prompts: &[DecoderPrompt]) -> Vec<String> {
+pub fn describe(class_names: &[String], evidence: &BTreeMap<String, GateEvidence>, choices: &[ClassChoice]) -> Vec<String> {
     let header: Vec<String> = DecoderPrompt::ALL.iter().map(|p| format!("{:>9}", short_name(p))).collect();
-    let mut lines = vec![format!("{:<28} {:>4} {}  chosen (mean mask IoU per prompt; +t: with the seg token)", "class", "n", header.join(" "))];
-    for (class, prompt) in class_names.iter().zip(prompts) {
+    let mut lines = vec![format!(
+        "{:<28} {:>4} {}  {:>9} {:>9}  chosen (mean mask IoU per prompt, +t: with the seg token; box IoU of the mask's box and the prompt box under the chosen prompt)",
+        "class",
+        "n",
+        header.join(" "),
+        "mask box",
+        "prompt box"
+    )];
+    for (class, choice) in class_names.iter().zip(choices) {
         if let Some(e) = evidence.get(class) {
             let means: Vec<String> = e.means().iter().map(|m| format!("{m:>9.3}")).collect();
+            let chosen = DecoderPrompt::ALL.iter().position(|p| *p == choice.prompt).expect("one of ALL");
+            let [mask_box, prompt_box] = e.box_means(chosen);
             let pooled = if e.questions() >= MIN_QUESTIONS_PER_CLASS { "" } else { " (pooled)" };
-            lines.push(format!("{class:<28} {:>4} {}  {}{pooled}", e.questions(), means.join(" "), long_name(prompt)));
+            let answered = match choice.answer_box {
+                AnswerBox::Mask => "",
+                AnswerBox::Prompt => ", answers the prompt box",
+            };
+            lines.push(format!(
+                "{class:<28} {:>4} {}  {mask_box:>9.3} {prompt_box:>9.3}  {}{answered}{pooled}",
+                e.questions(),
+                means.join(" "),
+                long_name(&choice.prompt)
+            ));
         }
     }
     let unseen = class_names.iter().filter(|c| !evidence.contains_key(*c)).count();
@@ -188,7 +266,8 @@ mod tests {
     use super::*;
 
     /// `questions` questions whose IoUs under the six prompts ([`DecoderPrompt::ALL`]'s order)
-    /// are `means`, the first prompt's ± `spread` (half of them up, half down).
+    /// are `means`, the first prompt's ± `spread` (half of them up, half down); under every
+    /// prompt the mask's box has IoU 0.6 and the prompt box 0.5.
     fn evidence(questions: usize, means: [f64; PROMPTS], spread: f64) -> GateEvidence {
         let ious = (0..questions)
             .map(|q| {
@@ -196,7 +275,7 @@ mod tests {
                 std::array::from_fn(|i| means[i] + if i == 0 { sign * spread } else { 0.0 })
             })
             .collect();
-        GateEvidence { ious }
+        GateEvidence { ious, box_ious: vec![[[0.6, 0.5]; PROMPTS]; questions] }
     }
 
     #[test]
@@ -210,8 +289,10 @@ mod tests {
         ]);
         let map = DecoderPrompt { seg_token: false, box_source: BoxSource::Map };
         let anchor = DecoderPrompt::ANCHOR;
-        assert_eq!(gate_values(&names, &table), vec![anchor, DecoderPrompt::FULL, map, anchor, anchor]);
-        let lines = describe(&names, &table, &gate_values(&names, &table));
+        let choices = class_choices(&names, &table);
+        assert_eq!(choices.iter().map(|c| c.prompt).collect::<Vec<_>>(), vec![anchor, DecoderPrompt::FULL, map, anchor, anchor]);
+        assert!(choices.iter().all(|c| c.answer_box == AnswerBox::Mask), "the mask's box is better everywhere");
+        let lines = describe(&names, &table, &choices);
         assert!(lines.iter().any(|l| l.starts_with("rare") && l.ends_with("anchor (pooled)")), "{lines:?}");
         assert!(lines.iter().any(|l| l.starts_with("lesion") && l.ends_with("corrected box + seg token")), "{lines:?}");
         assert!(lines.iter().any(|l| l.starts_with("kidney") && l.ends_with("map box")), "{lines:?}");
@@ -225,5 +306,32 @@ mod tests {
         assert_eq!(evidence(10, [0.55, 0.0, 0.0, 0.0, 0.0, 0.5], 0.3).best(), anchor);
         assert_eq!(evidence(10, [0.55, 0.0, 0.0, 0.0, 0.0, 0.5], 0.01).best(), DecoderPrompt::FULL);
         assert_eq!(evidence(5, [0.5; PROMPTS], 0.0).best(), anchor, "a tie keeps the anchor");
+    }
+
+    /// The answer reports the prompt box only where, under the chosen prompt, it beats the
+    /// mask's box clear of noise; the other prompts' boxes do not matter.
+    #[test]
+    fn the_prompt_box_is_answered_only_where_it_is_clearly_better() {
+        // The map box (index 3) is the chosen prompt.
+        let mut clavicle = evidence(10, [0.1, 0.1, 0.1, 0.3, 0.1, 0.1], 0.0);
+        for (q, boxes) in clavicle.box_ious.iter_mut().enumerate() {
+            let spread = if q % 2 == 0 { 0.02 } else { -0.02 };
+            boxes[3] = [0.3 + spread, 0.6];
+        }
+        let choice = clavicle.choice();
+        assert_eq!(choice.prompt.box_source, BoxSource::Map);
+        assert_eq!(choice.answer_box, AnswerBox::Prompt);
+        assert_eq!(choice.gates(), [0.0, 0.0, 1.0, 1.0]);
+        // The same mean gain, but inside the noise of the per-question differences.
+        for (q, boxes) in clavicle.box_ious.iter_mut().enumerate() {
+            boxes[3] = if q % 2 == 0 { [0.0, 0.9] } else { [0.6, 0.3] };
+        }
+        assert_eq!(clavicle.choice().answer_box, AnswerBox::Mask);
+        // Clearly better under a prompt that was not chosen: still the mask's box.
+        let mut other = evidence(10, [0.1, 0.1, 0.1, 0.3, 0.1, 0.1], 0.0);
+        for boxes in &mut other.box_ious {
+            boxes[0] = [0.1, 0.9];
+        }
+        assert_eq!(other.choice().answer_box, AnswerBox::Mask);
     }
 }

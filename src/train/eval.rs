@@ -1,11 +1,12 @@
 //! `medsee eval`: the reasoning model on a data split with phrasings it was not trained on, in
 //! MediSee's metrics — gIoU (mean per-question mask IoU), cIoU (cumulative), Dice, box IoU and
-//! Acc@0.5 (of the box an answer reports: its mask's tight box) — per data set and overall,
-//! with how often a question about an absent structure is answered "not found" and the latency
-//! per question. Two references run in the same pass: the **upper bound** (LiteMedSAM given the
-//! ground-truth box) and a **text-only baseline** (told the target class, it prompts LiteMedSAM
-//! with that class's mean training box: everything except looking at the image to find the
-//! structure). Masks are compared in the model's 256×256 frame.
+//! Acc@0.5 (of the box an answer reports: its mask's tight box or its prompt box, as the class
+//! gate says) — per data set and overall, with how often a question about an absent structure
+//! is answered "not found" and the latency per question. Two references run in the same pass:
+//! the **upper bound** (LiteMedSAM given the ground-truth box) and a **text-only baseline**
+//! (told the target class, it prompts LiteMedSAM with that class's mean training box:
+//! everything except looking at the image to find the structure). Masks are compared in the
+//! model's 256×256 frame.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use super::cache::EmbeddingCache;
 use super::dataset::{Dataset, ImageItem, Record, Split};
 use super::questions::{Phrasings, QuestionGenerator};
 use super::targets::Targets;
-use crate::ask::{clean_question, structure_box, Reasoner, SMALL_REGION_DECODER_PIXELS};
+use crate::ask::{answer_box, clean_question, Reasoner, SMALL_REGION_DECODER_PIXELS};
 use crate::error::{Error, Result};
 use crate::image::{Mask, PixelBox};
 use crate::reason::knowledge::Knowledge;
@@ -145,7 +146,7 @@ pub fn box_iou(a: [f32; 4], b: [f32; 4]) -> f64 {
 }
 
 /// (cx, cy, w, h) in [0, 1] of the padded input → (x0, y0, x1, y1) in model pixels.
-fn xyxy(cxcywh: [f32; 4]) -> [f32; 4] {
+pub(super) fn xyxy(cxcywh: [f32; 4]) -> [f32; 4] {
     let [cx, cy, w, h] = cxcywh;
     [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0].map(|v| v * INPUT_SIZE as f32)
 }
@@ -248,7 +249,7 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
         let tensor = embedding.tensor.clone();
         let set = case.item.id.split('/').next().unwrap_or_default().to_string();
         let started = Instant::now();
-        let out = block_on(reasoner.forward(embedding, &clean_question(&case.question)?))?;
+        let (out, box_from) = block_on(reasoner.forward(embedding, &clean_question(&case.question)?))?;
         let found = block_on(read_f32(out.presence_logit))?[0] > 0.0;
         let target_logits = block_on(read_f32(out.target_logits))?;
         let understood = target_logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
@@ -284,7 +285,7 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
         let prompt_box = xyxy([pred_box[0], pred_box[1], pred_box[2], pred_box[3]]);
         let model_box = found.then(|| {
             let decoded = Mask::from_logits(INPUT_SIZE as u32, INPUT_SIZE as u32, &mask).without_small_regions(SMALL_REGION_DECODER_PIXELS as usize);
-            structure_box(&decoded, PixelBox::new(prompt_box[0], prompt_box[1], prompt_box[2], prompt_box[3])).as_array()
+            answer_box(box_from, &decoded, PixelBox::new(prompt_box[0], prompt_box[1], prompt_box[2], prompt_box[3])).as_array()
         });
         for acc in [&mut result.overall, per_set] {
             acc[0].add_present(found.then_some(mask.as_slice()), &targets.mask, model_box, target_box, right_class);
@@ -294,6 +295,7 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
         let iou = |pred: Option<&[f32]>| Overlap::of(pred, &targets.mask).iou();
         answer["mask_iou"] = json!(iou(found.then_some(mask.as_slice())));
         answer["box_iou"] = json!(model_box.map_or(0.0, |b| box_iou(b, target_box)));
+        answer["box_from"] = json!(box_from);
         answer["prompt_box_iou"] = json!(if found { box_iou(prompt_box, target_box) } else { 0.0 });
         answer["text_only_mask_iou"] = json!(iou(prior_mask.as_deref()));
         answer["upper_bound_mask_iou"] = json!(iou(Some(&bound_mask)));

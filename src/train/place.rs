@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
+use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -17,6 +18,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use super::cache::EmbeddingCache;
 use super::dataset::{Dataset, ImageItem};
 use super::targets::Targets;
+use super::trainer::learning_rate;
 use crate::error::Result;
 use crate::reason::heads::PlaceHead;
 use crate::rng::SplitMix64;
@@ -27,6 +29,7 @@ const CELLS: usize = 64 * 64;
 pub struct PlaceConfig {
     pub epochs: usize,
     pub batch: usize,
+    /// Peak of the cosine schedule (as the question phase's).
     pub learning_rate: f64,
     pub seed: u64,
 }
@@ -48,7 +51,7 @@ fn annotated_rows(data: &Dataset, class_names: &[String]) -> BTreeMap<String, BT
 }
 
 fn image_targets(data: &Dataset, item: &ImageItem, annotated: &BTreeMap<String, BTreeSet<usize>>, class_names: &[String]) -> Result<ImageTargets> {
-    let set = item.id.split('/').next().unwrap_or_default();
+    let set = item.objects.first().map(|record| record.set.as_str()).unwrap_or_default();
     let mut rows = Vec::new();
     for &row in annotated.get(set).into_iter().flatten() {
         let coarse = match item.objects.iter().find(|o| o.class == class_names[row]) {
@@ -73,22 +76,75 @@ fn place_loss(logits: Tensor<3>, targets: Tensor<3>, weights: Tensor<3>, has_tar
     bce + (dice * has_target).sum() / rows * 0.5
 }
 
-/// Trains `head` (on an autodiff device) over `images` for `config.epochs` epochs.
+/// Images with their supervised maps.
+struct Supervised<'a> {
+    images: Vec<&'a ImageItem>,
+    targets: Vec<ImageTargets>,
+}
+
+impl<'a> Supervised<'a> {
+    fn new(data: &Dataset, images: &[&'a ImageItem], annotated: &BTreeMap<String, BTreeSet<usize>>, class_names: &[String]) -> Result<Self> {
+        let targets = images.iter().map(|item| image_targets(data, item, annotated, class_names)).collect::<Result<_>>()?;
+        Ok(Self { images: images.to_vec(), targets })
+    }
+
+    /// The loss of `head` on the images at `batch`.
+    fn loss(&self, head: &PlaceHead, batch: &[usize], classes: usize, cache: &EmbeddingCache, device: &Device) -> Result<Tensor<1>> {
+        let b = batch.len();
+        let embeddings = batch.iter().map(|&i| cache.load(self.images[i], device)).collect::<Result<Vec<_>>>()?;
+        let mut dense = vec![0.0f32; b * classes * CELLS];
+        let mut weights = vec![0.0f32; b * classes];
+        let mut has_target = vec![0.0f32; b * classes];
+        for (k, &i) in batch.iter().enumerate() {
+            for (row, coarse) in &self.targets[i].rows {
+                let at = k * classes + row;
+                dense[at * CELLS..(at + 1) * CELLS].copy_from_slice(coarse);
+                weights[at] = 1.0;
+                has_target[at] = if coarse.iter().any(|&v| v > 0.0) { 1.0 } else { 0.0 };
+            }
+        }
+        let tensor = |values: Vec<f32>, shape: [usize; 3]| Tensor::<3>::from_data(TensorData::new(values, shape), device);
+        Ok(place_loss(
+            head.forward(Tensor::cat(embeddings, 0)),
+            tensor(dense, [b, classes, CELLS]),
+            tensor(weights, [b, classes, 1]),
+            tensor(has_target, [b, classes, 1]),
+        ))
+    }
+}
+
+/// One epoch of the place phase: mean loss per image on the training images and on held-out
+/// ones (`None` without any), and the seconds since the phase began.
+#[derive(Debug, Clone, Copy)]
+pub struct PlaceEpoch {
+    pub train_loss: f32,
+    pub held_out_loss: Option<f32>,
+    pub seconds: f64,
+}
+
+/// Trains `head` (on an autodiff device) over `images` for `config.epochs` epochs, measuring the
+/// loss on `held_out` images after each.
+#[allow(clippy::too_many_arguments)]
 pub fn train_place(
     head: PlaceHead,
     data: &Dataset,
     images: &[&ImageItem],
+    held_out: &[&ImageItem],
     cache: &EmbeddingCache,
     class_names: &[String],
     config: &PlaceConfig,
     device: &Device,
     log: &mut dyn FnMut(&str),
-) -> Result<PlaceHead> {
+) -> Result<(PlaceHead, Vec<PlaceEpoch>)> {
     let annotated = annotated_rows(data, class_names);
-    let targets: Vec<ImageTargets> = images.iter().map(|item| image_targets(data, item, &annotated, class_names)).collect::<Result<_>>()?;
+    let train = Supervised::new(data, images, &annotated, class_names)?;
+    let held_out = Supervised::new(data, held_out, &annotated, class_names)?;
     let classes = class_names.len();
     let mut head = head;
     let mut optim = AdamWConfig::new().with_weight_decay(1e-2).init();
+    let mut curve = Vec::new();
+    let steps = config.epochs * images.len().div_ceil(config.batch);
+    let mut step = 0;
     let started = Instant::now();
     for epoch in 0..config.epochs {
         let mut order: Vec<usize> = (0..images.len()).collect();
@@ -98,39 +154,45 @@ pub fn train_place(
         }
         let mut total = 0.0;
         for batch in order.chunks(config.batch) {
-            let b = batch.len();
-            let embeddings = batch.iter().map(|&i| cache.load(images[i], device)).collect::<Result<Vec<_>>>()?;
-            let mut dense = vec![0.0f32; b * classes * CELLS];
-            let mut weights = vec![0.0f32; b * classes];
-            let mut has_target = vec![0.0f32; b * classes];
-            for (k, &i) in batch.iter().enumerate() {
-                for (row, coarse) in &targets[i].rows {
-                    let at = k * classes + row;
-                    dense[at * CELLS..(at + 1) * CELLS].copy_from_slice(coarse);
-                    weights[at] = 1.0;
-                    has_target[at] = if coarse.iter().any(|&v| v > 0.0) { 1.0 } else { 0.0 };
-                }
-            }
-            let tensor = |values: Vec<f32>, shape: [usize; 3]| Tensor::<3>::from_data(TensorData::new(values, shape), device);
-            let loss = place_loss(
-                head.forward(Tensor::cat(embeddings, 0)),
-                tensor(dense, [b, classes, CELLS]),
-                tensor(weights, [b, classes, 1]),
-                tensor(has_target, [b, classes, 1]),
-            );
-            total += loss.clone().into_scalar::<f32>() * b as f32;
+            let loss = train.loss(&head, batch, classes, cache, device)?;
+            total += loss.clone().into_scalar::<f32>() * batch.len() as f32;
             let grads = GradientsParams::from_grads(loss.backward(), &head);
-            head = optim.step(config.learning_rate, head, grads);
+            head = optim.step(learning_rate(config.learning_rate, step, steps), head, grads);
+            step += 1;
         }
+        let held_out_loss = if held_out.images.is_empty() {
+            None
+        } else {
+            let frozen = head.clone().no_grad();
+            let indices: Vec<usize> = (0..held_out.images.len()).collect();
+            let mut sum = 0.0;
+            for batch in indices.chunks(config.batch) {
+                sum += held_out.loss(&frozen, batch, classes, cache, device)?.into_scalar::<f32>() * batch.len() as f32;
+            }
+            Some(sum / indices.len() as f32)
+        };
+        let point = PlaceEpoch { train_loss: total / images.len() as f32, held_out_loss, seconds: started.elapsed().as_secs_f64() };
         log(&format!(
-            "place epoch {}/{} loss {:.4} ({:.0} s)",
+            "place epoch {}/{} loss {:.4}, held out {} ({:.0} s)",
             epoch + 1,
             config.epochs,
-            total / images.len() as f32,
-            started.elapsed().as_secs_f64()
+            point.train_loss,
+            held_out_loss.map_or("-".to_string(), |l| format!("{l:.4}")),
+            point.seconds
         ));
+        curve.push(point);
     }
-    Ok(head)
+    Ok((head, curve))
+}
+
+/// The place phase's curve as CSV: epoch, training loss, held-out loss (empty without), seconds.
+pub fn curve_csv(curve: &[PlaceEpoch]) -> String {
+    let mut text = String::from("epoch,train_loss,held_out_loss,seconds\n");
+    for (epoch, point) in curve.iter().enumerate() {
+        let held_out = point.held_out_loss.map_or(String::new(), |l| format!("{l:.5}"));
+        text.push_str(&format!("{},{:.5},{held_out},{:.1}\n", epoch + 1, point.train_loss, point.seconds));
+    }
+    text
 }
 
 #[cfg(test)]

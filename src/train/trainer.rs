@@ -75,6 +75,7 @@ pub const HEADS_FILE: &str = "reason-heads.bpk";
 const STATE_FILE: &str = "reason-heads.json";
 const CURVES_FILE: &str = "train-curves.csv";
 const CURVES_PLOT: &str = "train-curves.png";
+const PLACE_CURVE_FILE: &str = "place-curves.csv";
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct TrainState {
@@ -210,7 +211,7 @@ impl<'a> Sampler<'a> {
 }
 
 /// Cosine decay from `peak` to a tenth of it.
-fn learning_rate(peak: f64, step: usize, steps: usize) -> f64 {
+pub(super) fn learning_rate(peak: f64, step: usize, steps: usize) -> f64 {
     let progress = step as f64 / steps.max(1) as f64;
     peak * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()))
 }
@@ -318,6 +319,7 @@ impl Batched {
                 seg_gate: heads.seg_gate,
                 box_gate: heads.box_gate,
                 map_gate: heads.map_gate,
+                prompt_box_gate: heads.prompt_box_gate,
             },
         }
     }
@@ -501,6 +503,8 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
     let reason = ReasonConfig::smollm2_litemedsam()?;
     let heads_path = config.output_dir.join(HEADS_FILE);
     let state_path = config.output_dir.join(STATE_FILE);
+    // Seeded, so that heads a resumed run adds (freshly initialised) are reproducible too.
+    device.seed(config.seed);
     let (mut heads, mut state) = match std::fs::read(&heads_path) {
         Ok(bytes) => {
             let state: TrainState = std::fs::read_to_string(&state_path)
@@ -516,9 +520,8 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
             (resume_heads(reason.init(&device), bytes, log)?, TrainState { step: 0, seed: config.seed, warmed_up: true, ..TrainState::default() })
         }
         Err(_) => {
-            // A seeded start: the warm-up's cached LLM states depend on the initial projector and
-            // candidate embeddings.
-            device.seed(config.seed);
+            // A seeded start (see above): the warm-up's cached LLM states depend on the initial
+            // projector and candidate embeddings.
             (reason.init(&device), TrainState { step: 0, seed: config.seed, ..TrainState::default() })
         }
     };
@@ -572,8 +575,13 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
     }
     if !state.placed && config.place_epochs > 0 {
         let place = super::place::PlaceConfig { epochs: config.place_epochs, batch: 16, learning_rate: 1e-3, seed: config.seed };
-        log(&format!("place: where each structure lies, {} epochs over {} images", place.epochs, sampler.images.len()));
-        heads.place = super::place::train_place(heads.place, &data, &sampler.images, &cache, &sampler.class_names, &place, &device, log)?;
+        // Measured on the calibration's held-out images (training split, unused by the heads).
+        let held_out = calibrate::held_out_images(&data, config.images_per_set, config.seed, config.calibration_images_per_set);
+        cache.fill(&BoxSegmenter::load(&paths.converted, Variant::F32, Device::flex())?, &held_out, log)?;
+        log(&format!("place: where each structure lies, {} epochs over {} images ({} held out)", place.epochs, sampler.images.len(), held_out.len()));
+        let (place_head, curve) = super::place::train_place(heads.place, &data, &sampler.images, &held_out, &cache, &sampler.class_names, &place, &device, log)?;
+        heads.place = place_head;
+        crate::weights::store::write_atomic(&config.output_dir.join(PLACE_CURVE_FILE), super::place::curve_csv(&curve).as_bytes())?;
         state.placed = true;
         state.calibrated = false; // the gates were chosen without these maps
         save(&heads, &state)?;
@@ -586,17 +594,18 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         log(&format!("calibrate: decoder prompt per class on {} held-out training images", images.len()));
         let evidence = calibrate::gate_evidence(&reasoner, &data, &images, &cache, config.seed, log)?;
         let class_names = reasoner.knowledge().class_names();
-        let prompts = calibrate::gate_values(&class_names, &evidence);
-        for line in calibrate::describe(&class_names, &evidence, &prompts) {
+        let choices = calibrate::class_choices(&class_names, &evidence);
+        for line in calibrate::describe(&class_names, &evidence, &choices) {
             log(&format!("calibrate: {line}"));
         }
         let gate = |index: usize| {
-            let values: Vec<f32> = prompts.iter().map(|p| p.gates()[index]).collect();
+            let values: Vec<f32> = choices.iter().map(|c| c.gates()[index]).collect();
             Param::from_tensor(Tensor::<1>::from_floats(values.as_slice(), &device)).set_require_grad(false)
         };
         heads.seg_gate = gate(0);
         heads.box_gate = gate(1);
         heads.map_gate = gate(2);
+        heads.prompt_box_gate = gate(3);
         state.calibrated = true;
     }
     // Saved again so that a finished run rewritten by a newer medsee gets the current format.
