@@ -39,7 +39,9 @@ pub struct BoxSegmenter {
 }
 
 impl BoxSegmenter {
-    pub fn new(model: LiteMedSam, device: Device, variant: Variant) -> Self {
+    /// Takes `model` with its final weights on `device`.
+    pub fn new(mut model: LiteMedSam, device: Device, variant: Variant) -> Self {
+        model.prompt_encoder = model.prompt_encoder.with_cached_positional_encoding();
         Self { model, device, variant }
     }
 
@@ -60,7 +62,7 @@ impl BoxSegmenter {
 
     /// Moves the model to `device` (loading happens on the CPU, where quantised records expand).
     pub fn to_device(self, device: &Device) -> Self {
-        Self { model: self.model.to_device(device), device: device.clone(), variant: self.variant }
+        Self::new(self.model.to_device(device), device.clone(), self.variant)
     }
 
     pub fn model(&self) -> &LiteMedSam {

@@ -53,6 +53,7 @@ impl PromptEncoderConfig {
             mask_conv3: Conv2dConfig::new([m, d], [1, 1]).init(device),
             embedding_size: self.embedding_size,
             input_size: self.input_size,
+            cached_positional_encoding: None,
         }
     }
 }
@@ -72,6 +73,11 @@ pub struct PromptEncoder {
     pub mask_conv3: Conv2d,
     pub embedding_size: usize,
     pub input_size: usize,
+    /// [`PromptEncoder::dense_positional_encoding`], computed once the weights are final (see
+    /// [`PromptEncoder::with_cached_positional_encoding`]): 0.5 M sines and cosines that every
+    /// decoding would otherwise recompute. Not saved, and not moved by `to_device`.
+    #[module(skip)]
+    pub cached_positional_encoding: Option<Tensor<4>>,
 }
 
 impl PromptEncoder {
@@ -87,6 +93,20 @@ impl PromptEncoder {
 
     /// Positional encoding of every cell centre of the embedding grid: `[1, embed_dim, 64, 64]`.
     pub fn dense_positional_encoding(&self) -> Tensor<4> {
+        match &self.cached_positional_encoding {
+            Some(encoding) => encoding.clone(),
+            None => self.compute_dense_positional_encoding(),
+        }
+    }
+
+    /// Keeps the dense positional encoding of the current weights on their device, for every
+    /// later decoding. Call it again after changing `gaussian_matrix` or the device.
+    pub fn with_cached_positional_encoding(mut self) -> Self {
+        self.cached_positional_encoding = Some(self.compute_dense_positional_encoding());
+        self
+    }
+
+    fn compute_dense_positional_encoding(&self) -> Tensor<4> {
         let side = self.embedding_size;
         let device = self.gaussian_matrix.device();
         let centres: Vec<f32> = (0..side)
