@@ -108,9 +108,11 @@ impl TwoWayAttentionBlock {
         let queries = self.norm1.forward(queries);
 
         // (2) tokens attend to the image.
+        // The keys only change in (4), so both cross attentions read the same keys + PE (4096 ×
+        // 256 values, added once).
         let q = queries.clone() + query_pe.clone();
-        let k = keys.clone() + key_pe.clone();
-        let queries = self.norm2.forward(queries + self.cross_attn_token_to_image.forward(q, k, keys.clone()));
+        let k = keys.clone() + key_pe;
+        let queries = self.norm2.forward(queries + self.cross_attn_token_to_image.forward(q, k.clone(), keys.clone()));
 
         // (3) MLP on the tokens.
         let mlp = self.mlp_lin2.forward(relu(self.mlp_lin1.forward(queries.clone())));
@@ -118,7 +120,6 @@ impl TwoWayAttentionBlock {
 
         // (4) the image attends to the tokens.
         let q = queries.clone() + query_pe;
-        let k = keys.clone() + key_pe;
         let keys = self.norm4.forward(keys + self.cross_attn_image_to_token.forward(k, q, queries.clone()));
         (queries, keys)
     }
