@@ -70,13 +70,13 @@ pub struct MaskDecoder {
 }
 
 impl MaskDecoder {
-    /// `image_embedding`: `[1 or B, C, 64, 64]`, `image_pe`: `[1, C, 64, 64]`,
+    /// `image_embedding`: `[1 or B, C, 64, 64]`, `image_pe`: `[1, 64·64, C]` (token layout),
     /// `sparse_prompts`: `[B, N, C]`, `dense_prompts`: `[B, C, 64, 64]`.
     /// With `multimask_output` the three ambiguity masks are returned, otherwise the single one.
     pub fn forward(
         &self,
         image_embedding: Tensor<4>,
-        image_pe: Tensor<4>,
+        image_pe: Tensor<3>,
         sparse_prompts: Tensor<3>,
         dense_prompts: Tensor<4>,
         multimask_output: bool,
@@ -90,7 +90,6 @@ impl MaskDecoder {
 
         let src = image_embedding + dense_prompts;
         let [b, c, h, w] = src.dims();
-        let image_pe = image_pe.expand([b, c, h, w]);
         let (tokens, src) = self.transformer.forward(src, image_pe, tokens);
 
         let src = src.swap_dims(1, 2).reshape([b, c, h, w]);

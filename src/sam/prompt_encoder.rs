@@ -77,7 +77,7 @@ pub struct PromptEncoder {
     /// [`PromptEncoder::with_cached_positional_encoding`]): 0.5 M sines and cosines that every
     /// decoding would otherwise recompute. Not saved, and not moved by `to_device`.
     #[module(skip)]
-    pub cached_positional_encoding: Option<Tensor<4>>,
+    pub cached_positional_encoding: Option<Tensor<3>>,
 }
 
 impl PromptEncoder {
@@ -91,8 +91,11 @@ impl PromptEncoder {
         Tensor::cat(vec![projected.clone().sin(), projected.cos()], D - 1)
     }
 
-    /// Positional encoding of every cell centre of the embedding grid: `[1, embed_dim, 64, 64]`.
-    pub fn dense_positional_encoding(&self) -> Tensor<4> {
+    /// Positional encoding of every cell centre of the embedding grid, in the two-way
+    /// transformer's token layout: `[1, 64·64, embed_dim]`, row-major cells (SAM's `get_dense_pe`
+    /// is the same values as `[1, embed_dim, 64, 64]`). Contiguous, so the transformer adds it to
+    /// the image tokens without a strided pass.
+    pub fn dense_positional_encoding(&self) -> Tensor<3> {
         match &self.cached_positional_encoding {
             Some(encoding) => encoding.clone(),
             None => self.compute_dense_positional_encoding(),
@@ -106,14 +109,14 @@ impl PromptEncoder {
         self
     }
 
-    fn compute_dense_positional_encoding(&self) -> Tensor<4> {
+    fn compute_dense_positional_encoding(&self) -> Tensor<3> {
         let side = self.embedding_size;
         let device = self.gaussian_matrix.device();
         let centres: Vec<f32> = (0..side)
             .flat_map(|y| (0..side).flat_map(move |x| [(x as f32 + 0.5) / side as f32, (y as f32 + 0.5) / side as f32]))
             .collect();
-        let grid = Tensor::<1>::from_floats(centres.as_slice(), &device).reshape([side, side, 2]);
-        self.encode_unit_coords(grid).permute([2, 0, 1]).unsqueeze()
+        let cells = Tensor::<1>::from_floats(centres.as_slice(), &device).reshape([1, side * side, 2]);
+        self.encode_unit_coords(cells)
     }
 
     /// Pixel coordinates (model input space, `[..., 2]` as x, y) to Fourier features.

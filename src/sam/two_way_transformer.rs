@@ -133,15 +133,11 @@ pub struct TwoWayTransformer {
 }
 
 impl TwoWayTransformer {
-    /// `image`, `image_pe`: `[B, C, H, W]`; `tokens`: `[B, N, C]`.
+    /// `image`: `[B, C, H, W]`; `image_pe`: `[1 or B, H*W, C]`; `tokens`: `[B, N, C]`.
     /// Returns the updated tokens `[B, N, C]` and image cells `[B, H*W, C]`.
-    pub fn forward(&self, image: Tensor<4>, image_pe: Tensor<4>, tokens: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
-        let flatten = |x: Tensor<4>| {
-            let [b, c, h, w] = x.dims();
-            x.reshape([b, c, h * w]).swap_dims(1, 2)
-        };
-        let keys_pe = flatten(image_pe);
-        let mut keys = flatten(image);
+    pub fn forward(&self, image: Tensor<4>, keys_pe: Tensor<3>, tokens: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+        let [b, c, h, w] = image.dims();
+        let mut keys = image.reshape([b, c, h * w]).swap_dims(1, 2);
         let mut queries = tokens.clone();
         for layer in &self.layers {
             (queries, keys) = layer.forward(queries, keys, tokens.clone(), keys_pe.clone());
