@@ -19,15 +19,14 @@ use futures_lite::future::block_on;
 
 use super::cache::EmbeddingCache;
 use super::dataset::{Dataset, ImageItem, Split};
-use super::eval::{box_iou, mask_iou, xyxy};
+use super::eval::{answer_mask, box_iou, mask_iou, xyxy};
 use super::questions::{Phrasings, QuestionGenerator};
 use super::targets::Targets;
 use super::trainer::select_images;
-use crate::ask::{answer_box, clean_question, Reasoner, SMALL_REGION_DECODER_PIXELS};
-use crate::image::{Mask, PixelBox};
+use crate::ask::{answer_box, clean_question, Reasoner};
+use crate::image::PixelBox;
 use crate::error::Result;
 use crate::reason::{AnswerBox, BoxSource, DecoderPrompt};
-use crate::sam::INPUT_SIZE;
 use crate::rng::SplitMix64;
 use crate::segment::read_f32;
 
@@ -195,7 +194,7 @@ pub fn gate_evidence(reasoner: &Reasoner, data: &Dataset, images: &[&ImageItem],
                 *iou = mask_iou(&logits, &target.mask);
                 let [x0, y0, x1, y1] = xyxy(block_on(read_f32(out.box_cxcywh))?.try_into().expect("one box"));
                 let prompt_box = PixelBox::new(x0, y0, x1, y1);
-                let mask = Mask::from_logits(INPUT_SIZE as u32, INPUT_SIZE as u32, &logits).without_small_regions(SMALL_REGION_DECODER_PIXELS as usize);
+                let mask = answer_mask(&logits);
                 *box_iou_pair = [AnswerBox::Mask, AnswerBox::Prompt].map(|kind| box_iou(answer_box(kind, &mask, prompt_box).as_array(), target_box));
             }
             let entry = evidence.entry(record.class.clone()).or_default();

@@ -145,6 +145,12 @@ pub fn box_iou(a: [f32; 4], b: [f32; 4]) -> f64 {
     if union > 0.0 { inter / union } else { 0.0 }
 }
 
+/// An answer's mask in the model's 256×256 frame, from the decoder's low-resolution logits,
+/// cleaned as `ask` cleans it (its tight box is the box the answer may report).
+pub(super) fn answer_mask(logits: &[f32]) -> Mask {
+    Mask::from_logits(INPUT_SIZE as u32, INPUT_SIZE as u32, logits).without_small_regions(SMALL_REGION_DECODER_PIXELS as usize)
+}
+
 /// (cx, cy, w, h) in [0, 1] of the padded input → (x0, y0, x1, y1) in model pixels.
 pub(super) fn xyxy(cxcywh: [f32; 4]) -> [f32; 4] {
     let [cx, cy, w, h] = cxcywh;
@@ -284,8 +290,7 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
         // The box an answer reports, in the same frame as the masks.
         let prompt_box = xyxy([pred_box[0], pred_box[1], pred_box[2], pred_box[3]]);
         let model_box = found.then(|| {
-            let decoded = Mask::from_logits(INPUT_SIZE as u32, INPUT_SIZE as u32, &mask).without_small_regions(SMALL_REGION_DECODER_PIXELS as usize);
-            answer_box(box_from, &decoded, PixelBox::new(prompt_box[0], prompt_box[1], prompt_box[2], prompt_box[3])).as_array()
+            answer_box(box_from, &answer_mask(&mask), PixelBox::new(prompt_box[0], prompt_box[1], prompt_box[2], prompt_box[3])).as_array()
         });
         for acc in [&mut result.overall, per_set] {
             acc[0].add_present(found.then_some(mask.as_slice()), &targets.mask, model_box, target_box, right_class);

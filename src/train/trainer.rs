@@ -492,10 +492,15 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
     let images = select_images(&data, Split::Train, config.images_per_set, config.seed);
     log(&format!("data: {} training images", images.len()));
 
+    // Training images the heads never use: the place phase measures its held-out loss on them
+    // and the calibration makes its choices on them.
+    let held_out = calibrate::held_out_images(&data, config.images_per_set, config.seed, config.calibration_images_per_set);
+
     let cache = EmbeddingCache::new(&config.output_dir.join("cache"))?;
     {
         let encoder = BoxSegmenter::load(&paths.converted, Variant::F32, Device::flex())?;
         cache.fill(&encoder, &images, log)?;
+        cache.fill(&encoder, &held_out, log)?;
     }
 
     let device = Device::flex().autodiff();
@@ -575,9 +580,6 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
     }
     if !state.placed && config.place_epochs > 0 {
         let place = super::place::PlaceConfig { epochs: config.place_epochs, batch: 16, learning_rate: 1e-3, seed: config.seed };
-        // Measured on the calibration's held-out images (training split, unused by the heads).
-        let held_out = calibrate::held_out_images(&data, config.images_per_set, config.seed, config.calibration_images_per_set);
-        cache.fill(&BoxSegmenter::load(&paths.converted, Variant::F32, Device::flex())?, &held_out, log)?;
         log(&format!("place: where each structure lies, {} epochs over {} images ({} held out)", place.epochs, sampler.images.len(), held_out.len()));
         let (place_head, curve) = super::place::train_place(heads.place, &data, &sampler.images, &held_out, &cache, &sampler.class_names, &place, &device, log)?;
         heads.place = place_head;
@@ -590,9 +592,8 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         drop(llm);
         save(&heads, &state)?; // the calibration reads the heads as they will ship
         let reasoner = Reasoner::load(paths, Variant::F32, Some(&heads_path))?;
-        let images = calibrate::held_out_images(&data, config.images_per_set, config.seed, config.calibration_images_per_set);
-        log(&format!("calibrate: decoder prompt per class on {} held-out training images", images.len()));
-        let evidence = calibrate::gate_evidence(&reasoner, &data, &images, &cache, config.seed, log)?;
+        log(&format!("calibrate: decoder prompt per class on {} held-out training images", held_out.len()));
+        let evidence = calibrate::gate_evidence(&reasoner, &data, &held_out, &cache, config.seed, log)?;
         let class_names = reasoner.knowledge().class_names();
         let choices = calibrate::class_choices(&class_names, &evidence);
         for line in calibrate::describe(&class_names, &evidence, &choices) {
