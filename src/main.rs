@@ -80,9 +80,9 @@ enum Command {
         #[arg(long, default_value_t = 3000)]
         warmup_steps: usize,
         /// Questions whose LLM states the refit computes once with the trained heads.
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value_t = 3000)]
         refit_questions: usize,
-        /// Batched steps of the box and content heads on those states after the full run (0: no refit).
+        /// Batched steps of the box, content and class heads on those states after the full run (0: no refit).
         #[arg(long, default_value_t = 2000)]
         refit_steps: usize,
         /// Held-out training images per data set on which the decoder-prompt gates are calibrated (0: MediSee's prompt everywhere).

@@ -170,6 +170,11 @@ impl DecoderPrompt {
         Self::ANCHOR,
     ];
 
+    /// Where this prompt is in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|p| *p == self).expect("every prompt is in ALL")
+    }
+
     /// From the first three gates [`ReasoningHeads::class_gates`] reads: `[seg token, corrected
     /// box, map box]`.
     pub fn from_gates(gates: &[f32]) -> Self {

@@ -117,8 +117,7 @@ impl GateEvidence {
     /// [`Self::best`] prompt, and the answer box under it.
     fn choice(&self) -> ClassChoice {
         let prompt = self.best();
-        let index = DecoderPrompt::ALL.iter().position(|p| *p == prompt).expect("best is one of ALL");
-        ClassChoice { prompt, answer_box: self.answer_box(index) }
+        ClassChoice { prompt, answer_box: self.answer_box(prompt.index()) }
     }
 
     /// The anchor alone, unless another prompt beats it by more than
@@ -222,8 +221,7 @@ pub fn describe(class_names: &[String], evidence: &BTreeMap<String, GateEvidence
     for (class, choice) in class_names.iter().zip(choices) {
         if let Some(e) = evidence.get(class) {
             let means: Vec<String> = e.means().iter().map(|m| format!("{m:>9.3}")).collect();
-            let chosen = DecoderPrompt::ALL.iter().position(|p| *p == choice.prompt).expect("one of ALL");
-            let [mask_box, prompt_box] = e.box_means(chosen);
+            let [mask_box, prompt_box] = e.box_means(choice.prompt.index());
             let pooled = if e.questions() >= MIN_QUESTIONS_PER_CLASS { "" } else { " (pooled)" };
             let answered = match choice.answer_box {
                 AnswerBox::Mask => "",

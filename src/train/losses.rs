@@ -3,7 +3,7 @@
 //! and the class cross-entropy.
 
 use burn::tensor::activation::{log_sigmoid, log_softmax, sigmoid};
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::reason::heads::cxcywh_to_xyxy;
 
@@ -27,9 +27,12 @@ pub fn mask_loss<const D: usize>(logits: Tensor<D>, targets: Tensor<D>) -> Tenso
     bce_with_logits(logits.clone(), targets.clone()) * 2.0 + dice_loss(logits, targets) * 0.5
 }
 
-/// Cross-entropy of one row of logits `[1, N]` against the class `target`.
-pub fn cross_entropy(logits: Tensor<2>, target: usize) -> Tensor<1> {
-    -log_softmax(logits, 1).narrow(1, target, 1).reshape([1])
+/// Mean cross-entropy of logits `[B, N]` against one class per row.
+pub fn cross_entropy(logits: Tensor<2>, targets: &[usize]) -> Tensor<1> {
+    let [b, _] = logits.dims();
+    let rows = targets.iter().map(|&t| t as i64).collect::<Vec<_>>();
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(rows, [b, 1]), &logits.device());
+    -log_softmax(logits, 1).gather(1, targets).mean()
 }
 
 /// Mean generalised IoU loss `1 − GIoU` of `[B, 4]` boxes given as (x0, y0, x1, y1).
@@ -91,9 +94,11 @@ mod tests {
 
     #[test]
     fn cross_entropy_matches_its_definition() {
-        let logits = Tensor::<1>::from_floats([1.0, 2.0, 3.0], &Device::flex()).reshape([1, 3]);
+        let logits = Tensor::<1>::from_floats([1.0, 2.0, 3.0, 0.0, 0.0, 0.0], &Device::flex()).reshape([2, 3]);
         let expected = -(1.0f32 - (1.0f32.exp() + 2.0f32.exp() + 3.0f32.exp()).ln());
-        assert!((scalar(cross_entropy(logits, 0)) - expected).abs() < 1e-5);
+        assert!((scalar(cross_entropy(logits.clone().narrow(0, 0, 1), &[0])) - expected).abs() < 1e-5);
+        let mean = (expected + 3.0f32.ln()) / 2.0;
+        assert!((scalar(cross_entropy(logits, &[0, 2])) - mean).abs() < 1e-5, "the mean over rows");
     }
 
     /// The head predicts (cx, cy, w, h): two boxes of the same size, half overlapping, have

@@ -3,8 +3,11 @@
 //! from five perspectives — function, location, appearance, related condition, colloquial —
 //! plus follow-ups in a conversation and negatives whose target is not in the image.
 //!
-//! Each perspective has six phrasings; the last two are held out of training so evaluation
-//! measures unseen phrasings. Generation is deterministic for a seed.
+//! Each perspective has twelve phrasings; the last two are held out of training so evaluation
+//! measures unseen phrasings. The ten training phrasings avoid the held-out ones' frames: with
+//! four, the class head had learned the frames as much as the structures and read "Mark the
+//! structure located filling most of the chest on both sides of the heart" as the heart.
+//! Generation is deterministic for a seed.
 
 use super::dataset::ImageItem;
 use crate::reason::knowledge::{Knowledge, Structure};
@@ -31,13 +34,19 @@ impl Perspective {
     ];
 
     /// Phrasings with a `{}` slot; the last `HELD_OUT` are never used for training.
-    fn templates(self) -> [&'static str; 6] {
+    fn templates(self) -> [&'static str; PHRASINGS] {
         match self {
             Perspective::Explicit => [
                 "Segment the {}.",
                 "Show me the {}.",
                 "Where is the {} in this image?",
                 "Outline the {}.",
+                "Highlight the {} for me.",
+                "Locate the {}.",
+                "Which region is the {}?",
+                "I'm looking for the {}.",
+                "Draw a box around the {}.",
+                "Is the {} visible? Show it to me.",
                 "Please mark the {} on this picture.",
                 "Can you find the {} here?",
             ],
@@ -46,6 +55,12 @@ impl Perspective {
                 "Show me the part that {}.",
                 "Where is the structure that {}?",
                 "What here {}?",
+                "Highlight the organ that {}.",
+                "Locate whatever {}.",
+                "Which region {}?",
+                "Can you show what {}?",
+                "Segment the structure that {}.",
+                "Help me see what {}.",
                 "Point out what {} in this picture.",
                 "I'd like to see the part that {}.",
             ],
@@ -54,6 +69,12 @@ impl Perspective {
                 "Highlight what lies {}.",
                 "Which structure sits {}?",
                 "Segment the thing {}.",
+                "Show me what is found {}.",
+                "Locate the part {}.",
+                "Outline the region {}.",
+                "What lies {}? Show me.",
+                "Which part is {}?",
+                "I need to see the structure {}.",
                 "Find what is {}.",
                 "Mark the structure located {}.",
             ],
@@ -62,6 +83,12 @@ impl Perspective {
                 "Segment {}.",
                 "Which region shows {}?",
                 "Outline {} for me.",
+                "Highlight {}.",
+                "Show me {} in this image.",
+                "Locate {}.",
+                "I see {}. What is it? Show me.",
+                "Which part looks like {}?",
+                "Draw around {}.",
                 "Can you point to {}?",
                 "Mark {} in this picture.",
             ],
@@ -70,6 +97,12 @@ impl Perspective {
                 "Where would {} show up in this image?",
                 "I was told I may have {}; show me the area concerned.",
                 "Which structure is related to {}?",
+                "Which part is affected by {}?",
+                "Highlight the area where {} happens.",
+                "Segment the structure that {} affects.",
+                "I'm worried about {}. Where should I look?",
+                "Show me the organ involved in {}.",
+                "Where does {} start?",
                 "What should I look at here for {}?",
                 "Show the part of this scan linked to {}.",
             ],
@@ -78,6 +111,12 @@ impl Perspective {
                 "Show me {}.",
                 "Can you find {} in this picture?",
                 "Which bit is {}?",
+                "Highlight {}.",
+                "Where's {} in this picture?",
+                "Could you outline {}?",
+                "Locate {} for me.",
+                "Which part here is {}?",
+                "Help me spot {}.",
                 "Point out {}, please.",
                 "I want to see {}.",
             ],
@@ -85,6 +124,8 @@ impl Perspective {
     }
 }
 
+/// Phrasings per perspective, and how many of them (the last) are held out of training.
+const PHRASINGS: usize = 12;
 pub const HELD_OUT: usize = 2;
 
 /// Which phrasings a generator draws from.
@@ -97,8 +138,8 @@ pub enum Phrasings {
 impl Phrasings {
     fn range(self) -> std::ops::Range<usize> {
         match self {
-            Phrasings::Train => 0..6 - HELD_OUT,
-            Phrasings::HeldOut => 6 - HELD_OUT..6,
+            Phrasings::Train => 0..PHRASINGS - HELD_OUT,
+            Phrasings::HeldOut => PHRASINGS - HELD_OUT..PHRASINGS,
         }
     }
 }
@@ -301,14 +342,31 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..300 {
             for q in train.for_image(&chest_xray(), &others(), 1, &mut rng) {
-                assert!(q.template < 6 - HELD_OUT, "{q:?}");
+                assert!(q.template < PHRASINGS - HELD_OUT, "{q:?}");
                 seen.insert(q.perspective);
             }
             for q in held.for_image(&chest_xray(), &others(), 1, &mut rng) {
-                assert!(q.template >= 6 - HELD_OUT, "{q:?}");
+                assert!(q.template >= PHRASINGS - HELD_OUT, "{q:?}");
             }
         }
         assert_eq!(seen.len(), Perspective::ALL.len(), "every perspective is generated");
+    }
+
+    /// A training phrasing that opened like a held-out one ("Find what…", "Mark the…") would
+    /// leak the held-out frame into training; phrasings within a perspective are all distinct.
+    #[test]
+    fn training_phrasings_do_not_open_like_held_out_ones() {
+        let opening = |t: &str| t.split_whitespace().take(2).collect::<Vec<_>>().join(" ").to_lowercase();
+        for p in Perspective::ALL {
+            let templates = p.templates();
+            let (train, held) = templates.split_at(PHRASINGS - HELD_OUT);
+            for t in train {
+                assert!(held.iter().all(|h| opening(h) != opening(t)), "{p:?}: {t:?} opens like a held-out phrasing");
+            }
+            let distinct: std::collections::HashSet<&str> = templates.iter().copied().collect();
+            assert_eq!(distinct.len(), PHRASINGS, "{p:?}");
+            assert!(templates.iter().all(|t| t.matches("{}").count() == 1), "{p:?}: one slot each");
+        }
     }
 
     #[test]

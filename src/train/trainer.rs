@@ -9,9 +9,9 @@
 //! per question, a warm-up step ~0.03 s per question, and the first full-run heads barely learned
 //! in 1500 steps. The full run then trains everything (vision projector and candidate embeddings
 //! too) end to end. A last batched phase, the refit, recomputes the LLM states with the final
-//! projector and candidate tokens and refits the box and content heads on them (everything else
-//! frozen): those heads only read the states and the image, so they catch up cheaply with what
-//! the full run changed. Then the place head learns where each structure lies from the
+//! projector and candidate tokens and refits the box, content and class heads on them (everything
+//! else frozen): those heads only read the states and the image, so they catch up cheaply with
+//! what the full run changed, and the class head sees fresh phrasings. Then the place head learns where each structure lies from the
 //! embeddings and masks alone ([`super::place`]). Last, the decoder-prompt gates are calibrated
 //! per class on training images the heads never saw ([`super::calibrate`]).
 
@@ -21,7 +21,6 @@ use std::time::Instant;
 
 use burn::module::{Module, Param};
 use burn::optim::{AdamWConfig, GradientsParams};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use futures_lite::future::block_on;
 
@@ -116,12 +115,6 @@ struct StepLoss {
     parts: [f32; 5],
 }
 
-/// What a question asks for: the target's class row and its masks, or nothing (absent).
-struct Answer {
-    class: usize,
-    targets: Targets,
-}
-
 fn f32_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
     let n = values.len();
     Tensor::<1>::from_data(TensorData::new(values, [n]), device).reshape(shape)
@@ -136,7 +129,7 @@ fn question_layout(llm: &TextModel, question: &Question, config: &ReasonConfig) 
 /// BCE (which structures the image shows); both say "not found", so they share a curve.
 fn presence_loss(presence_logit: Tensor<1>, content_logits: Tensor<2>, draws: &[&Draw], device: &Device) -> Tensor<1> {
     let b = draws.len();
-    let present: Vec<f32> = draws.iter().map(|d| if d.answer.is_some() { 1.0 } else { 0.0 }).collect();
+    let present: Vec<f32> = draws.iter().map(|d| if d.targets.is_some() { 1.0 } else { 0.0 }).collect();
     let contents: Vec<f32> = draws.iter().flat_map(|d| d.contents.clone()).collect();
     let rows = contents.len() / b;
     bce_with_logits(presence_logit, f32_tensor(present, [b], device)) + bce_with_logits(content_logits, f32_tensor(contents, [b, rows], device))
@@ -145,29 +138,31 @@ fn presence_loss(presence_logit: Tensor<1>, content_logits: Tensor<2>, draws: &[
 /// The training losses of one answer against what was asked.
 fn answer_loss(out: ReasonOutput, draw: &Draw, device: &Device) -> StepLoss {
     let presence = presence_loss(out.presence_logit, out.content_logits, &[draw], device);
-    let answer = draw.answer.as_ref();
+    let class = cross_entropy(out.class_logits, &[draw.asked]) * 0.5;
     let coarse_logits = out.similarity.logits.reshape([1, 64 * 64]);
-    let Some(answer) = answer else {
+    let Some(t) = &draw.targets else {
         // Nothing to find: the similarity map should light up nowhere.
         let similarity = bce_with_logits(coarse_logits.clone(), coarse_logits.zeros_like());
-        let parts = [0.0, 0.0, similarity.clone().into_scalar::<f32>(), presence.clone().into_scalar::<f32>(), 0.0];
-        return StepLoss { total: similarity + presence, parts };
+        let parts = [&similarity, &presence, &class].map(|l| l.clone().into_scalar::<f32>());
+        return StepLoss { total: similarity + presence + class, parts: [0.0, 0.0, parts[0], parts[1], parts[2]] };
     };
-    let t = &answer.targets;
     let mask = mask_loss(out.decoder.low_res_masks.reshape([1, 256 * 256]), f32_tensor(t.mask.clone(), [1, 256 * 256], device));
     let boxes = box_loss(out.box_cxcywh.clone(), f32_tensor(t.box_cxcywh.to_vec(), [1, 4], device));
     let coarse = f32_tensor(t.coarse_mask.clone(), [1, 64 * 64], device);
     let similarity = bce_with_logits(coarse_logits.clone(), coarse.clone()) + dice_loss(coarse_logits, coarse) * 0.5;
-    let class = cross_entropy(out.class_logits, answer.class) * 0.5;
     let parts = [&mask, &boxes, &similarity, &presence, &class].map(|l| l.clone().into_scalar::<f32>());
     StepLoss { total: mask + boxes + similarity + presence + class, parts }
 }
 
-/// One training question: an image, what is asked about it, and the answer (`None`: absent).
+/// One training question: an image, what is asked about it, and the answer's masks (`None`: absent).
 struct Draw<'a> {
     item: &'a ImageItem,
     question: Question,
-    answer: Option<Answer>,
+    /// The class row of the structure asked for, present or not: the class head learns what a
+    /// question means from the negatives too (held-out frames of a probe on the refit's states:
+    /// 0.95 → 0.96 of the positives read right, 0.89 → 0.94 of all).
+    asked: usize,
+    targets: Option<Targets>,
     /// 0/1 per class row: what the image shows (the content head's target).
     contents: Vec<f32>,
 }
@@ -199,14 +194,15 @@ impl<'a> Sampler<'a> {
                 .generator
                 .negative_for(&item.modality, &self.others, &mut rng)
                 .ok_or_else(|| Error::Other(format!("no absent-structure question for a {} image", item.modality)))?;
-            return Ok(Draw { item, question, answer: None, contents });
+            let asked = self.row(&question.asked).ok_or_else(|| Error::Other(format!("no class row for {}", question.asked)))?;
+            return Ok(Draw { item, question, asked, targets: None, contents });
         }
         let record = rng.pick(&item.objects);
         let structure =
             self.generator.knowledge().structure(&record.class).ok_or_else(|| Error::Other(format!("no knowledge for {}", record.class)))?;
-        let class = self.row(&record.class).expect("every resolvable class has a row");
-        let answer = Answer { class, targets: Targets::load(&self.data.root, record)? };
-        Ok(Draw { item, question: self.generator.positive(&structure, &mut rng), answer: Some(answer), contents })
+        let asked = self.row(&record.class).expect("every resolvable class has a row");
+        let targets = Targets::load(&self.data.root, record)?;
+        Ok(Draw { item, question: self.generator.positive(&structure, &mut rng), asked, targets: Some(targets), contents })
     }
 }
 
@@ -265,7 +261,7 @@ const BATCH: usize = 8;
 
 /// A phase over LLM candidate states computed once and kept on disk: the warm-up (from the
 /// initial heads; everything before the mask decoder trains) or the refit (from the trained
-/// heads; only the box and content heads train).
+/// heads; only the box, content and class heads train).
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Batched {
     WarmUp,
@@ -312,7 +308,7 @@ impl Batched {
                 fusion: heads.fusion.no_grad(),
                 seg_prompt: heads.seg_prompt.no_grad(),
                 similarity: heads.similarity.no_grad(),
-                class: heads.class.no_grad(),
+                class: heads.class,
                 box_head: heads.box_head,
                 content: heads.content,
                 place: heads.place.no_grad(),
@@ -325,19 +321,27 @@ impl Batched {
     }
 }
 
-/// The LLM's candidate states for the phase's questions, computed once with the heads as they
-/// are at full-phase step `step` and kept on disk (a restarted run reuses them).
+/// The LLM's candidate states for the phase's draws, computed once with the heads as they are
+/// at full-phase step `step` and kept on disk (a restarted run reuses them).
 #[allow(clippy::too_many_arguments)]
-fn candidate_states(phase: Batched, heads: &ReasoningHeads, step: usize, paths: &ModelPaths, sampler: &Sampler, cache: &EmbeddingCache, reason: &ReasonConfig, config: &TrainConfig, log: &mut dyn FnMut(&str)) -> Result<Vec<Vec<f32>>> {
+fn candidate_states(phase: Batched, heads: &ReasoningHeads, step: usize, draws: &[Draw], paths: &ModelPaths, cache: &EmbeddingCache, reason: &ReasonConfig, config: &TrainConfig, log: &mut dyn FnMut(&str)) -> Result<Vec<Vec<f32>>> {
     let per_question = reason.candidates * reason.llm_dim;
-    let questions = phase.questions(config);
-    // The states belong to these draws and these heads: the name says which.
+    let questions = draws.len();
+    // The states belong to these draws and these heads: the name says which, down to the
+    // questions' words (a change to the phrasings or the knowledge table makes new states).
     let path = config.output_dir.join(format!(
-        "{}-states-seed{}-images{}-questions{questions}-step{step}.f32",
+        "{}-states-seed{}-images{}-questions{questions}-step{step}-{:016x}.f32",
         phase.name(),
         config.seed,
         config.images_per_set,
+        fingerprint(draws),
     ));
+    // The questions beside their states, row for row, to inspect what the heads learn from.
+    let texts: String = draws
+        .iter()
+        .map(|d| serde_json::json!({ "image": d.item.id, "question": d.question }).to_string() + "\n")
+        .collect();
+    crate::weights::store::write_atomic(&path.with_extension("questions.jsonl"), texts.as_bytes())?;
     if let Ok(bytes) = std::fs::read(&path) {
         if bytes.len() == questions * per_question * 4 {
             log(&format!("{}: LLM states from {}", phase.name(), path.display()));
@@ -349,8 +353,7 @@ fn candidate_states(phase: Batched, heads: &ReasoningHeads, step: usize, paths: 
     let llm = TextModel::load(&paths.converted, Variant::F32, &plain)?;
     let frozen = heads.valid();
     let mut states = Vec::with_capacity(questions);
-    for i in 0..questions {
-        let draw = sampler.draw(phase.seed(config, i))?;
+    for (i, draw) in draws.iter().enumerate() {
         let layout = question_layout(&llm, &draw.question, reason)?;
         states.push(block_on(read_f32(frozen.candidate_states(&llm.model, cache.load(draw.item, &plain)?, &layout)?))?);
         if i % 100 == 99 {
@@ -362,32 +365,42 @@ fn candidate_states(phase: Batched, heads: &ReasoningHeads, step: usize, paths: 
     Ok(states)
 }
 
-/// The losses of a batch before the mask decoder: presence and content for all, the similarity map against
-/// the coarse mask (all-zero for absent targets), and box and class for present targets.
+/// FNV-1a over the draws' images and question texts (with their conversation history).
+fn fingerprint(draws: &[Draw]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for draw in draws {
+        let history = draw.question.history.iter().flat_map(|t| [t.question.as_str(), t.answer.as_str()]);
+        for text in [draw.item.id.as_str(), draw.question.text.as_str()].into_iter().chain(history) {
+            for byte in text.bytes().chain([0]) {
+                hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    hash
+}
+
+/// The losses of a batch before the mask decoder: presence, content and the class asked for
+/// for all, the similarity map against the coarse mask (all-zero for absent targets), and the
+/// box for present targets.
 fn located_loss(located: Located, draws: &[&Draw], device: &Device) -> StepLoss {
     let b = draws.len();
     let presence = presence_loss(located.presence_logit, located.content_logits, draws, device);
-    let answers: Vec<Option<&Answer>> = draws.iter().map(|d| d.answer.as_ref()).collect();
-    let coarse: Vec<f32> = answers.iter().flat_map(|a| a.map_or_else(|| vec![0.0; 64 * 64], |a| a.targets.coarse_mask.clone())).collect();
+    let class = cross_entropy(located.class_logits, &draws.iter().map(|d| d.asked).collect::<Vec<_>>()) * 0.5;
+    let targets: Vec<Option<&Targets>> = draws.iter().map(|d| d.targets.as_ref()).collect();
+    let coarse: Vec<f32> = targets.iter().flat_map(|t| t.map_or_else(|| vec![0.0; 64 * 64], |t| t.coarse_mask.clone())).collect();
     let logits = located.similarity.logits.reshape([b, 64 * 64]);
     let mut similarity = bce_with_logits(logits.clone(), f32_tensor(coarse, [b, 64 * 64], device));
-    let rows: Vec<usize> = (0..b).filter(|&i| answers[i].is_some()).collect();
+    let rows: Vec<usize> = (0..b).filter(|&i| targets[i].is_some()).collect();
     if rows.is_empty() {
-        let parts = [0.0, 0.0, similarity.clone().into_scalar::<f32>(), presence.clone().into_scalar::<f32>(), 0.0];
-        return StepLoss { total: similarity + presence, parts };
+        let parts = [&similarity, &presence, &class].map(|l| l.clone().into_scalar::<f32>());
+        return StepLoss { total: similarity + presence + class, parts: [0.0, 0.0, parts[0], parts[1], parts[2]] };
     }
-    let positives: Vec<&Answer> = rows.iter().filter_map(|&i| answers[i]).collect();
+    let positives: Vec<&Targets> = rows.iter().filter_map(|&i| targets[i]).collect();
     let index = Tensor::<1, Int>::from_data(TensorData::new(rows.iter().map(|&i| i as i64).collect::<Vec<_>>(), [rows.len()]), device);
     let p = rows.len();
-    let coarse = f32_tensor(positives.iter().flat_map(|a| a.targets.coarse_mask.clone()).collect(), [p, 64 * 64], device);
+    let coarse = f32_tensor(positives.iter().flat_map(|t| t.coarse_mask.clone()).collect(), [p, 64 * 64], device);
     similarity = similarity + dice_loss(logits.select(0, index.clone()), coarse) * 0.5;
-    let boxes = box_loss(
-        located.box_cxcywh.select(0, index.clone()),
-        f32_tensor(positives.iter().flat_map(|a| a.targets.box_cxcywh).collect(), [p, 4], device),
-    );
-    let classes: Vec<i64> = positives.iter().map(|a| a.class as i64).collect();
-    let class_index = Tensor::<2, Int>::from_data(TensorData::new(classes, [p, 1]), device);
-    let class = -log_softmax(located.class_logits.select(0, index), 1).gather(1, class_index).mean() * 0.5;
+    let boxes = box_loss(located.box_cxcywh.select(0, index), f32_tensor(positives.iter().flat_map(|t| t.box_cxcywh).collect(), [p, 4], device));
     let parts = [&boxes, &similarity, &presence, &class].map(|l| l.clone().into_scalar::<f32>());
     StepLoss { total: boxes + similarity + presence + class, parts: [0.0, parts[0], parts[1], parts[2], parts[3]] }
 }
@@ -406,8 +419,8 @@ fn run_batched(
     curves: &mut Curves,
     log: &mut dyn FnMut(&str),
 ) -> Result<ReasoningHeads> {
-    let states = candidate_states(phase, &heads, step, paths, sampler, cache, reason, config, log)?;
-    let draws: Vec<Draw> = (0..states.len()).map(|i| sampler.draw(phase.seed(config, i))).collect::<Result<_>>()?;
+    let draws: Vec<Draw> = (0..phase.questions(config)).map(|i| sampler.draw(phase.seed(config, i))).collect::<Result<_>>()?;
+    let states = candidate_states(phase, &heads, step, &draws, paths, cache, reason, config, log)?;
     let device = heads.candidate_embeddings.device();
     let mut heads = phase.trainable(heads);
     let mut optim = AdamWConfig::new().with_weight_decay(1e-4).init();
@@ -424,7 +437,7 @@ fn run_batched(
         let loss = located_loss(located, &batch, &device);
         let grads = GradientsParams::from_grads(loss.total.backward(), &heads);
         heads = optim.step(config.learning_rate, heads, grads);
-        curves.record(phase.name(), step, steps, &loss, batch.iter().all(|d| d.answer.is_some()), log)?;
+        curves.record(phase.name(), step, steps, &loss, batch.iter().all(|d| d.targets.is_some()), log)?;
     }
     Ok(heads)
 }
@@ -568,7 +581,7 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         let grads = GradientsParams::from_grads(loss.total.backward(), &heads);
         heads = optim.step(learning_rate(config.learning_rate, state.step, config.steps), heads, grads);
         state.step += 1;
-        curves.record("full", state.step, config.steps, &loss, draw.answer.is_some(), log)?;
+        curves.record("full", state.step, config.steps, &loss, draw.targets.is_some(), log)?;
         if state.step % config.checkpoint_every == 0 || state.step == config.steps {
             save(&heads, &state)?;
         }
@@ -613,4 +626,45 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
     save(&heads, &state)?;
     log(&format!("done: {} ({} steps), curves in {} and {}", heads_path.display(), state.step, curves_path.display(), plot_path.display()));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::questions::Perspective;
+    use burn::tensor::activation::log_softmax;
+    use burn::tensor::Distribution;
+
+    fn absent_draw(item: &ImageItem, asked: usize) -> Draw<'_> {
+        let question = Question {
+            text: "Where is my ticker?".into(),
+            history: Vec::new(),
+            perspective: Perspective::Colloquial,
+            template: 0,
+            target: None,
+            asked: "heart".into(),
+            answer: String::new(),
+        };
+        Draw { item, question, asked, targets: None, contents: vec![0.0; 5] }
+    }
+
+    /// A question about an absent structure still says which structure it asks for, and the
+    /// class head learns that from it: the batch's class loss is the mean cross-entropy of the
+    /// asked classes over every row, negatives included.
+    #[test]
+    fn the_class_head_learns_from_questions_about_absent_structures() {
+        let device = Device::flex();
+        let config = ReasonConfig { candidates: 4, llm_dim: 32, embedding_channels: 256, pool: 16, hidden: 16, place_hidden: 8, classes: 5 };
+        let heads = config.init(&device);
+        let embedding = Tensor::random([2, 256, 64, 64], Distribution::Normal(0.0, 1.0), &device);
+        let candidates = Tensor::random([2, 4, 32], Distribution::Normal(0.0, 1.0), &device);
+        let located = heads.locate(embedding, candidates, None);
+        let item = ImageItem { id: "x/1".into(), modality: "xray".into(), image: "x.png".into(), split: Split::Train, objects: Vec::new() };
+        let (first, second) = (absent_draw(&item, 1), absent_draw(&item, 3));
+        let log_probs = log_softmax(located.class_logits.clone(), 1).into_data().try_to_vec::<f32>().unwrap();
+        let expected = -0.5 * (log_probs[1] + log_probs[5 + 3]) / 2.0;
+        let loss = located_loss(located, &[&first, &second], &device);
+        assert!((loss.parts[4] - expected).abs() < 1e-5, "class part {} against {expected}", loss.parts[4]);
+        assert_eq!(loss.parts[1], 0.0, "no box to learn without a target");
+    }
 }
