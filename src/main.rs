@@ -86,7 +86,7 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         refit_steps: usize,
         /// Held-out training images per data set on which the decoder-prompt gates are calibrated (0: MediSee's prompt everywhere).
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 40)]
         calibration_images_per_set: usize,
         /// Epochs of the place head (where each structure lies) over the training images' embeddings and masks (0: none).
         #[arg(long, default_value_t = 20)]
