@@ -11,9 +11,10 @@
 //! too) end to end. A last batched phase, the refit, recomputes the LLM states with the final
 //! projector and candidate tokens and refits the box, content and class heads on them (everything
 //! else frozen): those heads only read the states and the image, so they catch up cheaply with
-//! what the full run changed, and the class head sees fresh phrasings. Then the place head learns where each structure lies from the
-//! embeddings and masks alone ([`super::place`]). Last, the decoder-prompt gates are calibrated
-//! per class on training images the heads never saw ([`super::calibrate`]).
+//! what the full run changed, and the class head sees fresh phrasings. Then the place head
+//! learns where each structure lies from the embeddings and masks alone ([`super::place`]).
+//! Last, the decoder-prompt gates are calibrated per class on training images the heads never
+//! saw ([`super::calibrate`]).
 
 use std::io::Write;
 use std::path::PathBuf;
