@@ -103,9 +103,12 @@ impl PromptEncoder {
     }
 
     /// Keeps the dense positional encoding of the current weights on their device, for every
-    /// later decoding. Call it again after changing `gaussian_matrix` or the device.
+    /// later decoding. Call it again after changing `gaussian_matrix` or the device. Detached:
+    /// on an autodiff device a cached value still on the tape would be consumed by the first
+    /// backward pass and make every later one fail (the frozen SAM's Fourier matrix is never
+    /// trained through it).
     pub fn with_cached_positional_encoding(mut self) -> Self {
-        self.cached_positional_encoding = Some(self.compute_dense_positional_encoding());
+        self.cached_positional_encoding = Some(self.compute_dense_positional_encoding().detach());
         self
     }
 
@@ -182,6 +185,24 @@ impl PromptEncoder {
                 .val()
                 .reshape([1, self.embed_dim(), 1, 1])
                 .expand([batch, self.embed_dim(), side, side]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Training backpropagates through the frozen decoder once per step: the cached encoding
+    /// must serve every step, not only the first.
+    #[test]
+    fn the_cached_positional_encoding_survives_repeated_backward_passes() {
+        let device = Device::flex().autodiff();
+        let encoder = PromptEncoderConfig::default().init(&device).with_cached_positional_encoding();
+        for _ in 0..2 {
+            let loss = encoder.dense_positional_encoding().sum() * encoder.no_mask_embed.val().sum();
+            let grads = loss.backward();
+            assert!(encoder.no_mask_embed.grad(&grads).is_some());
         }
     }
 }
