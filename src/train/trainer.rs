@@ -116,6 +116,16 @@ struct StepLoss {
     parts: [f32; 5],
 }
 
+impl StepLoss {
+    /// The sum of the parts a question has (mask, box, similarity, presence, class); a part it
+    /// lacks (no mask or box to learn where the target is absent) is logged as 0.
+    fn of(parts: [Option<Tensor<1>>; 5]) -> Self {
+        let logged = parts.each_ref().map(|p| p.as_ref().map_or(0.0, |l| l.clone().into_scalar::<f32>()));
+        let total = parts.into_iter().flatten().reduce(|a, b| a + b).expect("every question has a presence loss");
+        Self { total, parts: logged }
+    }
+}
+
 fn f32_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
     let n = values.len();
     Tensor::<1>::from_data(TensorData::new(values, [n]), device).reshape(shape)
@@ -144,15 +154,13 @@ fn answer_loss(out: ReasonOutput, draw: &Draw, device: &Device) -> StepLoss {
     let Some(t) = &draw.targets else {
         // Nothing to find: the similarity map should light up nowhere.
         let similarity = bce_with_logits(coarse_logits.clone(), coarse_logits.zeros_like());
-        let parts = [&similarity, &presence, &class].map(|l| l.clone().into_scalar::<f32>());
-        return StepLoss { total: similarity + presence + class, parts: [0.0, 0.0, parts[0], parts[1], parts[2]] };
+        return StepLoss::of([None, None, Some(similarity), Some(presence), Some(class)]);
     };
     let mask = mask_loss(out.decoder.low_res_masks.reshape([1, 256 * 256]), f32_tensor(t.mask.clone(), [1, 256 * 256], device));
     let boxes = box_loss(out.box_cxcywh.clone(), f32_tensor(t.box_cxcywh.to_vec(), [1, 4], device));
     let coarse = f32_tensor(t.coarse_mask.clone(), [1, 64 * 64], device);
     let similarity = bce_with_logits(coarse_logits.clone(), coarse.clone()) + dice_loss(coarse_logits, coarse) * 0.5;
-    let parts = [&mask, &boxes, &similarity, &presence, &class].map(|l| l.clone().into_scalar::<f32>());
-    StepLoss { total: mask + boxes + similarity + presence + class, parts }
+    StepLoss::of([Some(mask), Some(boxes), Some(similarity), Some(presence), Some(class)])
 }
 
 /// One training question: an image, what is asked about it, and the answer's masks (`None`: absent).
@@ -337,12 +345,6 @@ fn candidate_states(phase: Batched, heads: &ReasoningHeads, step: usize, draws: 
         config.images_per_set,
         fingerprint(draws),
     ));
-    // The questions beside their states, row for row, to inspect what the heads learn from.
-    let texts: String = draws
-        .iter()
-        .map(|d| serde_json::json!({ "image": d.item.id, "question": d.question }).to_string() + "\n")
-        .collect();
-    crate::weights::store::write_atomic(&path.with_extension("questions.jsonl"), texts.as_bytes())?;
     if let Ok(bytes) = std::fs::read(&path) {
         if bytes.len() == questions * per_question * 4 {
             log(&format!("{}: LLM states from {}", phase.name(), path.display()));
@@ -363,6 +365,12 @@ fn candidate_states(phase: Batched, heads: &ReasoningHeads, step: usize, draws: 
     }
     let raw: Vec<u8> = states.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
     crate::weights::store::write_atomic(&path, &raw)?;
+    // The questions beside their states, row for row, to inspect what the heads learn from.
+    let texts: String = draws
+        .iter()
+        .map(|d| serde_json::json!({ "image": d.item.id, "question": d.question }).to_string() + "\n")
+        .collect();
+    crate::weights::store::write_atomic(&path.with_extension("questions.jsonl"), texts.as_bytes())?;
     Ok(states)
 }
 
@@ -393,8 +401,7 @@ fn located_loss(located: Located, draws: &[&Draw], device: &Device) -> StepLoss 
     let mut similarity = bce_with_logits(logits.clone(), f32_tensor(coarse, [b, 64 * 64], device));
     let rows: Vec<usize> = (0..b).filter(|&i| targets[i].is_some()).collect();
     if rows.is_empty() {
-        let parts = [&similarity, &presence, &class].map(|l| l.clone().into_scalar::<f32>());
-        return StepLoss { total: similarity + presence + class, parts: [0.0, 0.0, parts[0], parts[1], parts[2]] };
+        return StepLoss::of([None, None, Some(similarity), Some(presence), Some(class)]);
     }
     let positives: Vec<&Targets> = rows.iter().filter_map(|&i| targets[i]).collect();
     let index = Tensor::<1, Int>::from_data(TensorData::new(rows.iter().map(|&i| i as i64).collect::<Vec<_>>(), [rows.len()]), device);
@@ -402,8 +409,7 @@ fn located_loss(located: Located, draws: &[&Draw], device: &Device) -> StepLoss 
     let coarse = f32_tensor(positives.iter().flat_map(|t| t.coarse_mask.clone()).collect(), [p, 64 * 64], device);
     similarity = similarity + dice_loss(logits.select(0, index.clone()), coarse) * 0.5;
     let boxes = box_loss(located.box_cxcywh.select(0, index), f32_tensor(positives.iter().flat_map(|t| t.box_cxcywh).collect(), [p, 4], device));
-    let parts = [&boxes, &similarity, &presence, &class].map(|l| l.clone().into_scalar::<f32>());
-    StepLoss { total: boxes + similarity + presence + class, parts: [0.0, parts[0], parts[1], parts[2], parts[3]] }
+    StepLoss::of([None, Some(boxes), Some(similarity), Some(presence), Some(class)])
 }
 
 /// A batched phase: its steps over the cached LLM states of its questions, batches of 8.
