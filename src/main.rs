@@ -91,6 +91,9 @@ enum Command {
         /// Epochs of the place head (where each structure lies) over the training images' embeddings and masks (0: none).
         #[arg(long, default_value_t = 20)]
         place_epochs: usize,
+        /// Training images per data set for the place head (the calibration's held-out images excepted).
+        #[arg(long, default_value_t = 60)]
+        place_images_per_set: usize,
         /// Fine-tune these trained heads (e.g. models/reason-heads.bpk) instead of starting fresh: no warm-up.
         #[arg(long)]
         from: Option<PathBuf>,
@@ -123,7 +126,7 @@ enum Command {
         /// Where to write the JSON results.
         #[arg(long, default_value = "benches/results/eval.json")]
         json: PathBuf,
-        /// Also write one JSON line per question (asked, understood, found, mask and box IoU).
+        /// Also write one JSON line per question (asked, understood, found, presence, mask and box IoU).
         #[arg(long)]
         answers: Option<PathBuf>,
     },
@@ -429,7 +432,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("results → {} and {}", json.display(), chart.display());
             Ok(())
         }
-        Command::Train { steps, lr, seed, images_per_set, negative_rate, checkpoint_every, warmup_questions, warmup_steps, refit_questions, refit_steps, calibration_images_per_set, place_epochs, from, out } => {
+        Command::Train { steps, lr, seed, images_per_set, negative_rate, checkpoint_every, warmup_questions, warmup_steps, refit_questions, refit_steps, calibration_images_per_set, place_epochs, place_images_per_set, from, out } => {
             let config = medsee::train::trainer::TrainConfig {
                 steps,
                 learning_rate: lr,
@@ -443,6 +446,7 @@ fn run(cli: Cli) -> Result<()> {
                 refit_steps,
                 calibration_images_per_set,
                 place_epochs,
+                place_images_per_set,
                 start_from: from,
                 output_dir: out,
             };

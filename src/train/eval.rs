@@ -256,7 +256,8 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
         let set = case.item.id.split('/').next().unwrap_or_default().to_string();
         let started = Instant::now();
         let (out, box_from) = block_on(reasoner.forward(embedding, &clean_question(&case.question)?))?;
-        let found = block_on(read_f32(out.presence_logit))?[0] > 0.0;
+        let presence_logit = block_on(read_f32(out.presence_logit))?[0];
+        let found = presence_logit > 0.0;
         let target_logits = block_on(read_f32(out.target_logits))?;
         let understood = target_logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
         let mask = block_on(read_f32(out.decoder.low_res_masks))?;
@@ -266,6 +267,7 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
         let mut answer = json!({
             "variant": variant.as_str(), "id": case.item.id, "question": case.question,
             "class": case.target.map(|r| &r.class), "understood": understood_name, "found": found,
+            "presence": 1.0 / (1.0 + (-presence_logit as f64).exp()),
         });
         let per_set = result.per_set.entry(set).or_default();
         let Some(record) = case.target else {

@@ -61,8 +61,11 @@ pub struct TrainConfig {
     pub refit_steps: usize,
     /// Held-out training images per data set for the seg-token gate (see [`super::calibrate`]).
     pub calibration_images_per_set: usize,
-    /// Epochs of the place head over the training images (0: no place phase).
+    /// Epochs of the place head over the training images (0: no place phase)…
     pub place_epochs: usize,
+    /// …and how many images per data set it learns from (those held out for the calibration
+    /// excepted; the question phases' images first).
+    pub place_images_per_set: usize,
     /// Trained heads to start from instead of a fresh initialisation (no warm-up then: the full
     /// phase fine-tunes them), e.g. the shipped ones after the data changed. A checkpoint in
     /// `output_dir` takes precedence, so an interrupted fine-tune resumes.
@@ -107,6 +110,22 @@ pub fn select_images(data: &Dataset, split: Split, per_set: usize, seed: u64) ->
         out.extend(items.into_iter().take(per_set));
     }
     out
+}
+
+/// Training images for the place head: up to `per_set` per data set, none of the calibration's
+/// `held_out` ones, in [`select_images`]' order (so the question phases' images come first).
+fn place_images<'a>(data: &'a Dataset, held_out: &[&ImageItem], seed: u64, per_set: usize) -> Vec<&'a ImageItem> {
+    let held_out: std::collections::BTreeSet<&str> = held_out.iter().map(|i| i.id.as_str()).collect();
+    let mut taken: std::collections::BTreeMap<&str, usize> = Default::default();
+    select_images(data, Split::Train, usize::MAX, seed)
+        .into_iter()
+        .filter(|item| !held_out.contains(item.id.as_str()))
+        .filter(|item| {
+            let count = taken.entry(item.id.split('/').next().unwrap_or_default()).or_default();
+            *count += 1;
+            *count <= per_set
+        })
+        .collect()
 }
 
 /// The losses of one question, as scalars for logging plus the total to differentiate.
@@ -515,12 +534,14 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
     // Training images the heads never use: the place phase measures its held-out loss on them
     // and the calibration makes its choices on them.
     let held_out = calibrate::held_out_images(&data, config.images_per_set, config.seed, config.calibration_images_per_set);
+    let place_images = place_images(&data, &held_out, config.seed, config.place_images_per_set.max(config.images_per_set));
 
     let cache = EmbeddingCache::new(&config.output_dir.join("cache"))?;
     {
         let encoder = BoxSegmenter::load(&paths.converted, Variant::F32, Device::flex())?;
         cache.fill(&encoder, &images, log)?;
         cache.fill(&encoder, &held_out, log)?;
+        cache.fill(&encoder, &place_images, log)?;
     }
 
     let device = Device::flex().autodiff();
@@ -600,8 +621,8 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
     }
     if !state.placed && config.place_epochs > 0 {
         let place = super::place::PlaceConfig { epochs: config.place_epochs, batch: 16, learning_rate: 1e-3, seed: config.seed };
-        log(&format!("place: where each structure lies, {} epochs over {} images ({} held out)", place.epochs, sampler.images.len(), held_out.len()));
-        let (place_head, curve) = super::place::train_place(heads.place, &data, &sampler.images, &held_out, &cache, &sampler.class_names, &place, &device, log)?;
+        log(&format!("place: where each structure lies, {} epochs over {} images ({} held out)", place.epochs, place_images.len(), held_out.len()));
+        let (place_head, curve) = super::place::train_place(heads.place, &data, &place_images, &held_out, &cache, &sampler.class_names, &place, &device, log)?;
         heads.place = place_head;
         crate::weights::store::write_atomic(&config.output_dir.join(PLACE_CURVE_FILE), super::place::curve_csv(&curve).as_bytes())?;
         state.placed = true;
@@ -653,6 +674,24 @@ mod tests {
             answer: String::new(),
         };
         Draw { item, question, asked, targets: None, contents: vec![0.0; 5] }
+    }
+
+    /// The place head learns from more images than the questions: the question phases' images
+    /// first, never one the calibration holds out, at most `per_set` per set.
+    #[test]
+    fn the_place_head_learns_from_the_question_images_first_and_never_from_held_out_ones() {
+        let item = |id: String| ImageItem { id, modality: "xray".into(), image: "x.png".into(), split: Split::Train, objects: Vec::new() };
+        let images = (0..30).map(|i| item(format!("big/{i}"))).chain((0..6).map(|i| item(format!("small/{i}")))).collect();
+        let data = Dataset { root: "/nowhere".into(), images };
+        let held_out = calibrate::held_out_images(&data, 4, 7, 3);
+        let chosen = place_images(&data, &held_out, 7, 10);
+        let ids = |items: &[&ImageItem]| items.iter().map(|i| i.id.clone()).collect::<std::collections::BTreeSet<_>>();
+        assert!(ids(&chosen).is_disjoint(&ids(&held_out)));
+        let in_set = |items: &[&ImageItem], set: &str| items.iter().filter(|i| i.id.starts_with(set)).map(|i| i.id.clone()).collect::<Vec<_>>();
+        let questions = select_images(&data, Split::Train, 4, 7);
+        assert_eq!(in_set(&chosen, "big/")[..4], in_set(&questions, "big/")[..]);
+        // big: 10 of the 23 neither asked about nor held out; small: 4 asked about, 2 held out.
+        assert_eq!((in_set(&chosen, "big/").len(), in_set(&chosen, "small/").len()), (10, 4));
     }
 
     /// A question about an absent structure still says which structure it asks for, and the
