@@ -89,7 +89,7 @@ enum Command {
         #[arg(long, default_value_t = 40)]
         calibration_images_per_set: usize,
         /// Epochs of the place head (where each structure lies) over the training images' embeddings and masks (0: none).
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 10)]
         place_epochs: usize,
         /// Training images per data set for the place head (the calibration's held-out images excepted).
         #[arg(long, default_value_t = 60)]
