@@ -182,16 +182,20 @@ impl ContentHead {
 }
 
 /// Where each of the knowledge table's structures lies in this image: one map of logits per class
-/// on the 64×64 embedding grid, from the image alone (a 3×3 convolution over the embedding, then
-/// a per-cell linear layer per class). The question only chooses which map to read. The box head
-/// sees a summary of the image and mostly learned where a structure usually lies; this head reads
-/// every cell and its neighbours, so a lesion, a fetal head or a kidney is found where it is. The
-/// 3×3 neighbourhood matters: with a per-cell layer instead, the map's box reached a validation
-/// box IoU of 0.66 (the class given; the usual place's box: 0.57; Acc@0.5 0.75), with the 3×3 layer
-/// 0.68 (Acc@0.5 0.78) after a third of the epochs.
+/// on the 64×64 embedding grid, from the image alone (a 3×3 convolution over the embedding, a
+/// residual dilated one, then a per-cell linear layer per class). The question only chooses which
+/// map to read. The box head sees a summary of the image and mostly learned where a structure
+/// usually lies; this head reads every cell and its neighbours, so a lesion, a fetal head or a
+/// kidney is found where it is. The neighbourhood matters: with a per-cell layer instead, the
+/// map's box reached a validation box IoU of 0.66 (the class given; the usual place's box: 0.57;
+/// Acc@0.5 0.75), with the 3×3 layer 0.68 (Acc@0.5 0.78) after a third of the epochs; the dilated
+/// layer took the evaluation's box Acc@0.5 from 0.789 to 0.813 (fetal heads' map box on held-out
+/// images: mask IoU 0.815 → 0.843).
 #[derive(Module, Debug)]
 pub struct PlaceHead {
     pub context: Conv2d,
+    /// 3×3 with dilation 4, residual: each cell also sees an 11×11 neighbourhood.
+    pub wide: Conv2d,
     pub output: Linear,
 }
 
@@ -199,6 +203,7 @@ impl PlaceHead {
     pub fn new(embedding_channels: usize, hidden: usize, classes: usize, device: &Device) -> Self {
         Self {
             context: Conv2dConfig::new([embedding_channels, hidden], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device),
+            wide: Conv2dConfig::new([hidden, hidden], [3, 3]).with_dilation([4, 4]).with_padding(PaddingConfig2d::Explicit(4, 4, 4, 4)).init(device),
             output: LinearConfig::new(hidden, classes).init(device),
         }
     }
@@ -206,6 +211,7 @@ impl PlaceHead {
     /// `[B, C, H, W]` → `[B, H·W, hidden]`.
     fn cells(&self, embedding: Tensor<4>) -> Tensor<3> {
         let hidden = relu(self.context.forward(embedding));
+        let hidden = hidden.clone() + relu(self.wide.forward(hidden));
         let [b, c, h, w] = hidden.dims();
         hidden.reshape([b, c, h * w]).swap_dims(1, 2)
     }
@@ -385,22 +391,26 @@ mod tests {
         }
     }
 
-    /// A cell's map reads its 3×3 neighbourhood of the embedding and nothing further.
+    /// A cell's map reads its 3×3 neighbourhood of the embedding and, through the dilated layer,
+    /// cells up to five away, and nothing further.
     #[test]
-    fn a_place_map_cell_sees_its_neighbours_only() {
+    fn a_place_map_cell_sees_its_neighbourhood_only() {
         let device = Device::flex();
-        let head = PlaceHead::new(8, 32, 5, &device); // 32 hidden units: never all dead at a cell
-        let embedding = Tensor::<4>::random([1, 8, 6, 6], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let (side, channels, classes) = (12, 8, 5);
+        let head = PlaceHead::new(channels, 32, classes, &device); // 32 hidden units: never all dead at a cell
+        let embedding = Tensor::<4>::random([1, channels, side, side], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
         let mut changed = embedding.clone().into_data().try_to_vec::<f32>().unwrap();
-        for channel in 0..8 {
-            changed[channel * 36] += 5.0; // cell (0, 0)
+        for channel in 0..channels {
+            changed[channel * side * side] += 5.0; // cell (0, 0)
         }
-        let changed = Tensor::<1>::from_floats(changed.as_slice(), &device).reshape([1, 8, 6, 6]);
+        let changed = Tensor::<1>::from_floats(changed.as_slice(), &device).reshape([1, channels, side, side]);
         let before = head.forward(embedding).into_data().try_to_vec::<f32>().unwrap();
         let after = head.forward(changed).into_data().try_to_vec::<f32>().unwrap();
-        let moved = |y: usize, x: usize| (0..5).any(|class| (before[class * 36 + y * 6 + x] - after[class * 36 + y * 6 + x]).abs() > 1e-6);
+        let cells = side * side;
+        let moved = |y: usize, x: usize| (0..classes).any(|class| (before[class * cells + y * side + x] - after[class * cells + y * side + x]).abs() > 1e-6);
         assert!(moved(1, 1), "the diagonal neighbour must see the change");
-        assert!(!moved(2, 2) && !moved(0, 2), "cells two away must not");
+        assert!(moved(5, 5) && moved(4, 0), "cells the dilated layer reaches must see it");
+        assert!(!moved(6, 0) && !moved(0, 6) && !moved(6, 6), "cells six away must not");
     }
 
     #[test]

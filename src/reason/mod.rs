@@ -104,7 +104,7 @@ pub struct ReasoningHeads {
 }
 
 /// Which box an answer reports. The decoder reads the image, so the tight box of its mask is
-/// usually the better detection (a skin lesion, a fetal head); but where the decoder cannot
+/// usually the better detection (a fetal head, the liver); but where the decoder cannot
 /// segment a structure well even from the true box — a clavicle on a chest X-ray, mask IoU 0.33
 /// given the ground-truth box — the box that prompted it (the place map's) is the better one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
