@@ -310,7 +310,7 @@ pub fn answer_box(kind: AnswerBox, mask: &Mask, prompt_box: PixelBox) -> PixelBo
     }
 }
 
-fn sigmoid(x: f32) -> f32 {
+pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 

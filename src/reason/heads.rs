@@ -189,12 +189,13 @@ impl ContentHead {
 /// kidney is found where it is. The neighbourhood matters: with a per-cell layer instead, the
 /// map's box reached a validation box IoU of 0.66 (the class given; the usual place's box: 0.57;
 /// Acc@0.5 0.75), with the 3×3 layer 0.68 (Acc@0.5 0.78) after a third of the epochs; the dilated
-/// layer took the evaluation's box Acc@0.5 from 0.789 to 0.813 (fetal heads' map box on held-out
+/// layer took the evaluation's box Acc@0.5 from 0.789 to 0.810 (fetal heads' map box on held-out
 /// images: mask IoU 0.815 → 0.843).
 #[derive(Module, Debug)]
 pub struct PlaceHead {
     pub context: Conv2d,
-    /// 3×3 with dilation 4, residual: each cell also sees an 11×11 neighbourhood.
+    /// 3×3 with dilation 4, residual: each cell also reads cells four away (up to five away in the
+    /// embedding, through the first layer).
     pub wide: Conv2d,
     pub output: Linear,
 }

@@ -22,7 +22,7 @@ use super::dataset::{Dataset, ImageItem, Split};
 use super::eval::{answer_mask, box_iou, mask_iou, xyxy};
 use super::questions::{Phrasings, QuestionGenerator};
 use super::targets::Targets;
-use super::trainer::select_images;
+use super::trainer::{select_images, select_images_except};
 use crate::ask::{answer_box, clean_question, Reasoner};
 use crate::image::PixelBox;
 use crate::error::Result;
@@ -156,16 +156,7 @@ pub fn class_choices(class_names: &[String], evidence: &BTreeMap<String, GateEvi
 /// at most `per_set` per data set; small sets may have none left.
 pub fn held_out_images(data: &Dataset, used_per_set: usize, seed: u64, per_set: usize) -> Vec<&ImageItem> {
     let used: BTreeSet<&str> = select_images(data, Split::Train, used_per_set, seed).iter().map(|i| i.id.as_str()).collect();
-    let mut taken: BTreeMap<&str, usize> = BTreeMap::new();
-    select_images(data, Split::Train, usize::MAX, seed ^ 0xca1b)
-        .into_iter()
-        .filter(|item| !used.contains(item.id.as_str()))
-        .filter(|item| {
-            let count = taken.entry(item.id.split('/').next().unwrap_or_default()).or_default();
-            *count += 1;
-            *count <= per_set
-        })
-        .collect()
+    select_images_except(data, &used, per_set, seed ^ 0xca1b)
 }
 
 /// Asks about every annotated structure of `images` (training phrasings) and compares the

@@ -100,6 +100,13 @@ pub struct ImageItem {
     pub objects: Vec<Record>,
 }
 
+impl ImageItem {
+    /// The data set an image belongs to: its id's first path segment (`<set>/<name>`).
+    pub fn data_set(&self) -> &str {
+        self.id.split('/').next().unwrap_or_default()
+    }
+}
+
 /// Adds each whole of [`WHOLES`] that `item` has every part of and not the whole itself.
 fn add_wholes(item: &mut ImageItem) {
     for (whole, parts) in WHOLES {

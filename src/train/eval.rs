@@ -20,7 +20,7 @@ use super::cache::EmbeddingCache;
 use super::dataset::{Dataset, ImageItem, Record, Split};
 use super::questions::{Phrasings, QuestionGenerator};
 use super::targets::Targets;
-use crate::ask::{answer_box, clean_question, Reasoner, SMALL_REGION_DECODER_PIXELS};
+use crate::ask::{answer_box, clean_question, sigmoid, Reasoner, SMALL_REGION_DECODER_PIXELS};
 use crate::error::{Error, Result};
 use crate::image::{Mask, PixelBox};
 use crate::reason::knowledge::Knowledge;
@@ -253,7 +253,7 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
         }
         let embedding = &current.as_ref().expect("set above").1;
         let tensor = embedding.tensor.clone();
-        let set = case.item.id.split('/').next().unwrap_or_default().to_string();
+        let set = case.item.data_set().to_string();
         let started = Instant::now();
         let (out, box_from) = block_on(reasoner.forward(embedding, &clean_question(&case.question)?))?;
         let presence_logit = block_on(read_f32(out.presence_logit))?[0];
@@ -267,7 +267,7 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
         let mut answer = json!({
             "variant": variant.as_str(), "id": case.item.id, "question": case.question,
             "class": case.target.map(|r| &r.class), "understood": understood_name, "found": found,
-            "presence": 1.0 / (1.0 + (-presence_logit as f64).exp()),
+            "presence": sigmoid(presence_logit),
         });
         let per_set = result.per_set.entry(set).or_default();
         let Some(record) = case.target else {

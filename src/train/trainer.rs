@@ -98,8 +98,7 @@ struct TrainState {
 pub fn select_images(data: &Dataset, split: Split, per_set: usize, seed: u64) -> Vec<&ImageItem> {
     let mut by_set: std::collections::BTreeMap<String, Vec<&ImageItem>> = Default::default();
     for item in data.split(split) {
-        let set = item.id.split('/').next().unwrap_or_default().to_string();
-        by_set.entry(set).or_default().push(item);
+        by_set.entry(item.data_set().to_string()).or_default().push(item);
     }
     let mut rng = SplitMix64::new(seed);
     let mut out = Vec::new();
@@ -112,20 +111,26 @@ pub fn select_images(data: &Dataset, split: Split, per_set: usize, seed: u64) ->
     out
 }
 
-/// Training images for the place head: up to `per_set` per data set, none of the calibration's
-/// `held_out` ones, in [`select_images`]' order (so the question phases' images come first).
-fn place_images<'a>(data: &'a Dataset, held_out: &[&ImageItem], seed: u64, per_set: usize) -> Vec<&'a ImageItem> {
-    let held_out: std::collections::BTreeSet<&str> = held_out.iter().map(|i| i.id.as_str()).collect();
+/// Up to `per_set` training images per data set, none of `excluded` (ids), in the order
+/// `select_images(.., usize::MAX, seed)` shuffles them.
+pub fn select_images_except<'a>(data: &'a Dataset, excluded: &std::collections::BTreeSet<&str>, per_set: usize, seed: u64) -> Vec<&'a ImageItem> {
     let mut taken: std::collections::BTreeMap<&str, usize> = Default::default();
     select_images(data, Split::Train, usize::MAX, seed)
         .into_iter()
-        .filter(|item| !held_out.contains(item.id.as_str()))
+        .filter(|item| !excluded.contains(item.id.as_str()))
         .filter(|item| {
-            let count = taken.entry(item.id.split('/').next().unwrap_or_default()).or_default();
+            let count = taken.entry(item.data_set()).or_default();
             *count += 1;
             *count <= per_set
         })
         .collect()
+}
+
+/// Training images for the place head: up to `per_set` per data set, none of the calibration's
+/// `held_out` ones, in [`select_images`]' order (so the question phases' images come first).
+fn place_images<'a>(data: &'a Dataset, held_out: &[&ImageItem], seed: u64, per_set: usize) -> Vec<&'a ImageItem> {
+    let held_out = held_out.iter().map(|i| i.id.as_str()).collect();
+    select_images_except(data, &held_out, per_set, seed)
 }
 
 /// The losses of one question, as scalars for logging plus the total to differentiate.
