@@ -165,15 +165,30 @@ impl SegPrompt {
 #[derive(Module, Debug)]
 pub struct ContentHead {
     pub mlp: Mlp,
+    /// `[classes]`: the MLP's logit above which a class counts as shown, calibrated per class on
+    /// held-out training images (`train::thresholds`); 0 (even odds) until then. The head was
+    /// fitted on its training images, and on new ones some classes score lower: fetal heads on
+    /// some ultrasound images got 0.1–0.4 and were answered "not found".
+    pub thresholds: Param<Tensor<1>>,
 }
 
 impl ContentHead {
     pub fn new(embedding_channels: usize, hidden: usize, classes: usize, device: &Device) -> Self {
-        Self { mlp: Mlp::new(2 * embedding_channels, hidden, classes, 2, device) }
+        Self {
+            mlp: Mlp::new(2 * embedding_channels, hidden, classes, 2, device),
+            thresholds: Param::from_tensor(Tensor::zeros([classes], device)).set_require_grad(false),
+        }
     }
 
-    /// `[B, C, H, W]` → `[B, classes]` logits.
+    /// `[B, C, H, W]` → `[B, classes]` logits, calibrated: 0 at each class's threshold.
     pub fn forward(&self, embedding: Tensor<4>) -> Tensor<2> {
+        let logits = self.uncalibrated(embedding);
+        let [_, classes] = logits.dims();
+        logits - self.thresholds.val().reshape([1, classes])
+    }
+
+    /// The MLP's logits before the thresholds (what the calibration chooses them from).
+    pub fn uncalibrated(&self, embedding: Tensor<4>) -> Tensor<2> {
         let [b, c, h, w] = embedding.dims();
         let cells = embedding.reshape([b, c, h * w]);
         let pooled = Tensor::cat(vec![cells.clone().mean_dim(2).reshape([b, c]), cells.max_dim(2).reshape([b, c])], 1);

@@ -10,4 +10,5 @@ pub mod losses;
 pub mod place;
 pub mod questions;
 pub mod targets;
+pub mod thresholds;
 pub mod trainer;

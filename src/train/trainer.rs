@@ -542,13 +542,6 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
     let place_images = place_images(&data, &held_out, config.seed, config.place_images_per_set.max(config.images_per_set));
 
     let cache = EmbeddingCache::new(&config.output_dir.join("cache"))?;
-    {
-        let encoder = BoxSegmenter::load(&paths.converted, Variant::F32, Device::flex())?;
-        cache.fill(&encoder, &images, log)?;
-        cache.fill(&encoder, &held_out, log)?;
-        cache.fill(&encoder, &place_images, log)?;
-    }
-
     let device = Device::flex().autodiff();
     let sam = BoxSegmenter::load(&paths.converted, Variant::F32, device.clone())?.model().clone().no_grad();
     let reason = ReasonConfig::smollm2_litemedsam()?;
@@ -577,6 +570,18 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         }
     };
     heads.box_head.anchors = Param::from_tensor(anchors(&data, &Knowledge::load()?.class_names(), &device)).set_require_grad(false);
+    {
+        // Only the images of the phases still to run (a calibration alone needs no others).
+        let asking = (!state.warmed_up && config.warmup_steps > 0) || state.step < config.steps || (!state.refitted && config.refit_steps > 0);
+        let placing = !state.placed && config.place_epochs > 0;
+        let calibrating = (placing || !state.calibrated) && config.calibration_images_per_set > 0;
+        let encoder = BoxSegmenter::load(&paths.converted, Variant::F32, Device::flex())?;
+        for (needed, images) in [(asking, &images), (placing || calibrating, &held_out), (placing, &place_images)] {
+            if needed {
+                cache.fill(&encoder, images, log)?;
+            }
+        }
+    }
     let generator = QuestionGenerator::new(Knowledge::load()?, Phrasings::Train);
     let sampler = Sampler {
         data: &data,
@@ -636,6 +641,16 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
     }
     if !state.calibrated && config.calibration_images_per_set > 0 {
         drop(llm);
+        // First what the images show: the target distribution, and so the anchor and the map the
+        // prompt gates compare, depends on it.
+        log(&format!("calibrate: content thresholds per class on {} held-out training images", held_out.len()));
+        let thresholds = super::thresholds::content_thresholds(&heads, &held_out, &cache, &sampler.class_names, &device)?;
+        log(&format!("calibrate: {:<28} {:>4} {:>4}", "class", "with", "w/o"));
+        for choice in thresholds.iter().filter(|c| !c.shown.is_empty()) {
+            log(&format!("calibrate: {}", choice.describe()));
+        }
+        let values: Vec<f32> = thresholds.iter().map(|c| c.threshold).collect();
+        heads.content.thresholds = Param::from_tensor(Tensor::<1>::from_floats(values.as_slice(), &device)).set_require_grad(false);
         save(&heads, &state)?; // the calibration reads the heads as they will ship
         let reasoner = Reasoner::load(paths, Variant::F32, Some(&heads_path))?;
         log(&format!("calibrate: decoder prompt per class on {} held-out training images", held_out.len()));
