@@ -340,6 +340,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_class_is_read_against_its_calibrated_threshold() {
+        let device = Device::flex();
+        let mut head = ContentHead::new(8, 16, 3, &device);
+        let embedding = Tensor::<4>::random([2, 8, 4, 4], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        head.thresholds = Param::from_tensor(Tensor::from_floats([1.5, -2.0, 0.0], &device));
+        let raw = head.uncalibrated(embedding.clone()).into_data().try_to_vec::<f32>().unwrap();
+        let calibrated = head.forward(embedding).into_data().try_to_vec::<f32>().unwrap();
+        for (i, (c, r)) in calibrated.iter().zip(&raw).enumerate() {
+            let expected = r - [1.5, -2.0, 0.0][i % 3];
+            assert!((c - expected).abs() < 1e-6, "class {}: {c} against {expected}", i % 3);
+        }
+    }
+
+    #[test]
     fn presence_is_the_content_probability_of_the_contenders_for_the_question() {
         let device = Device::flex();
         // Sure of class 0; split between 1 and 2; mostly 0 with 1 a quarter as likely.

@@ -27,8 +27,7 @@ pub fn threshold(shown: &[f32], not_shown: &[f32]) -> f32 {
         return 0.0;
     }
     let balanced_accuracy = |cut: f32| {
-        let found = shown.iter().filter(|&&s| s > cut).count() as f64 / shown.len() as f64;
-        let rejected = not_shown.iter().filter(|&&s| s <= cut).count() as f64 / not_shown.len() as f64;
+        let (found, rejected) = rates(shown, not_shown, cut);
         (found + rejected) / 2.0
     };
     let mut scores: Vec<f32> = shown.iter().chain(not_shown).copied().collect();
@@ -46,6 +45,13 @@ pub fn threshold(shown: &[f32], not_shown: &[f32]) -> f32 {
     best.1
 }
 
+/// The shares of `shown` logits above `cut` (found) and of `not_shown` ones at or below it
+/// (rejected).
+fn rates(shown: &[f32], not_shown: &[f32], cut: f32) -> (f64, f64) {
+    let share = |n: usize, of: &[f32]| n as f64 / of.len().max(1) as f64;
+    (share(shown.iter().filter(|&&s| s > cut).count(), shown), share(not_shown.iter().filter(|&&s| s <= cut).count(), not_shown))
+}
+
 /// How one class's threshold was chosen, for the log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ThresholdChoice {
@@ -56,16 +62,9 @@ pub struct ThresholdChoice {
 }
 
 impl ThresholdChoice {
-    /// Held-out images showing the class found, and images without it rejected, at `cut`.
-    fn rates(&self, cut: f32) -> (f64, f64) {
-        let found = self.shown.iter().filter(|&&s| s > cut).count() as f64 / self.shown.len().max(1) as f64;
-        let rejected = self.not_shown.iter().filter(|&&s| s <= cut).count() as f64 / self.not_shown.len().max(1) as f64;
-        (found, rejected)
-    }
-
     pub fn describe(&self) -> String {
-        let (found_before, rejected_before) = self.rates(0.0);
-        let (found, rejected) = self.rates(self.threshold);
+        let (found_before, rejected_before) = rates(&self.shown, &self.not_shown, 0.0);
+        let (found, rejected) = rates(&self.shown, &self.not_shown, self.threshold);
         format!(
             "{:<28} {:>4} {:>4}  threshold {:>6.2} (p {:.3})  shown found {:.3} -> {:.3}, others rejected {:.3} -> {:.3}",
             self.class,
