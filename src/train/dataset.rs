@@ -105,6 +105,12 @@ impl ImageItem {
     pub fn data_set(&self) -> &str {
         self.id.split('/').next().unwrap_or_default()
     }
+
+    /// What the image shows, one 0/1 per class of `class_names`: the content head's target, and
+    /// what its thresholds are calibrated against.
+    pub fn shown(&self, class_names: &[String]) -> Vec<f32> {
+        class_names.iter().map(|class| f32::from(u8::from(self.objects.iter().any(|o| &o.class == class)))).collect()
+    }
 }
 
 /// Adds each whole of [`WHOLES`] that `item` has every part of and not the whole itself.

@@ -10,8 +10,9 @@ use burn::tensor::Device;
 
 use super::cache::EmbeddingCache;
 use super::dataset::ImageItem;
+use crate::ask::sigmoid;
 use crate::error::Result;
-use crate::reason::ReasoningHeads;
+use crate::reason::heads::ContentHead;
 use crate::segment::read_f32;
 
 /// A class moves its threshold only with at least this many held-out images showing it and as
@@ -33,12 +34,12 @@ pub fn threshold(shown: &[f32], not_shown: &[f32]) -> f32 {
     let mut scores: Vec<f32> = shown.iter().chain(not_shown).copied().collect();
     scores.sort_by(f32::total_cmp);
     scores.dedup();
-    let at_zero = balanced_accuracy(0.0);
-    let mut best = (at_zero, 0.0_f32);
+    let mut best = (balanced_accuracy(0.0), 0.0_f32);
     for gap in scores.windows(2) {
         let cut = (gap[0] + gap[1]) / 2.0;
         let accuracy = balanced_accuracy(cut);
-        if accuracy > best.0 + 1e-9 || (accuracy > at_zero + 1e-9 && (accuracy - best.0).abs() <= 1e-9 && cut.abs() < best.1.abs()) {
+        // Ties with even odds keep 0 (no cut is nearer it).
+        if accuracy > best.0 + 1e-9 || ((accuracy - best.0).abs() <= 1e-9 && cut.abs() < best.1.abs()) {
             best = (accuracy, cut);
         }
     }
@@ -71,7 +72,7 @@ impl ThresholdChoice {
             self.shown.len(),
             self.not_shown.len(),
             self.threshold,
-            1.0 / (1.0 + (-self.threshold).exp()),
+            sigmoid(self.threshold),
             found_before,
             found,
             rejected_before,
@@ -81,13 +82,13 @@ impl ThresholdChoice {
 }
 
 /// Chooses every class's threshold from the uncalibrated content logits of `images`.
-pub fn content_thresholds(heads: &ReasoningHeads, images: &[&ImageItem], cache: &EmbeddingCache, class_names: &[String], device: &Device) -> Result<Vec<ThresholdChoice>> {
+pub fn content_thresholds(content: &ContentHead, images: &[&ImageItem], cache: &EmbeddingCache, class_names: &[String], device: &Device) -> Result<Vec<ThresholdChoice>> {
     let mut choices: Vec<ThresholdChoice> =
         class_names.iter().map(|class| ThresholdChoice { class: class.clone(), threshold: 0.0, shown: Vec::new(), not_shown: Vec::new() }).collect();
     for item in images {
-        let logits = futures_lite::future::block_on(read_f32(heads.content.uncalibrated(cache.load(item, device)?)))?;
-        for (choice, logit) in choices.iter_mut().zip(logits) {
-            if item.objects.iter().any(|o| o.class == choice.class) {
+        let logits = futures_lite::future::block_on(read_f32(content.uncalibrated(cache.load(item, device)?)))?;
+        for ((choice, logit), shown) in choices.iter_mut().zip(logits).zip(item.shown(class_names)) {
+            if shown > 0.0 {
                 choice.shown.push(logit);
             } else {
                 choice.not_shown.push(logit);

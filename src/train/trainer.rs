@@ -218,10 +218,7 @@ impl<'a> Sampler<'a> {
     fn draw(&self, seed: u64) -> Result<Draw<'a>> {
         let mut rng = SplitMix64::new(seed);
         let item = self.images[rng.below(self.images.len())];
-        let mut contents = vec![0.0; self.class_names.len()];
-        for row in item.objects.iter().filter_map(|o| self.row(&o.class)) {
-            contents[row] = 1.0;
-        }
+        let contents = item.shown(&self.class_names);
         if rng.next_f64() < self.negative_rate {
             let question = self
                 .generator
@@ -644,7 +641,7 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         // First what the images show: the target distribution, and so the anchor and the map the
         // prompt gates compare, depends on it.
         log(&format!("calibrate: content thresholds per class on {} held-out training images", held_out.len()));
-        let thresholds = super::thresholds::content_thresholds(&heads, &held_out, &cache, &sampler.class_names, &device)?;
+        let thresholds = super::thresholds::content_thresholds(&heads.content, &held_out, &cache, &sampler.class_names, &device)?;
         log(&format!("calibrate: {:<28} {:>4} {:>4}", "class", "with", "w/o"));
         for choice in thresholds.iter().filter(|c| !c.shown.is_empty()) {
             log(&format!("calibrate: {}", choice.describe()));
