@@ -92,7 +92,7 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         place_epochs: usize,
         /// Training images per data set for the place head (the calibration's held-out images excepted).
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 240)]
         place_images_per_set: usize,
         /// Fine-tune these trained heads (e.g. models/reason-heads.bpk) instead of starting fresh: no warm-up.
         #[arg(long)]
