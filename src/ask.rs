@@ -172,7 +172,7 @@ impl Reasoner {
         let gates = read_f32(self.heads.class_gates(located.target_logits.clone())).await?;
         let prompt = DecoderPrompt::from_gates(&gates);
         if prompt.box_source == BoxSource::Map {
-            located.map_box_cxcywh = self.map_box(embedding, &located).await?;
+            located.map_box_cxcywh = self.map_box(&located).await?;
         }
         Ok((self.decode(embedding, candidates, located, prompt), AnswerBox::from_gate(gates[3])))
     }
@@ -187,16 +187,20 @@ impl Reasoner {
         let candidates = self.heads.candidate_states(&self.llm.model, embedding.tensor.clone(), &layout)?;
         let ruled_out: Vec<f32> = self.knowledge.ruled_out_by_side(question).iter().map(|&out| if out { RULED_OUT_LOGIT } else { 0.0 }).collect();
         let ruled_out = Tensor::<1>::from_floats(ruled_out.as_slice(), &candidates.device()).reshape([1, self.classes.len()]);
-        let located = self.heads.locate(embedding.tensor.clone(), candidates.clone(), Some(ruled_out));
+        // Every class's place map: presence reads the calibrated ones, a map-box prompt the one meant.
+        let place_maps = self.heads.place.forward(embedding.tensor.clone());
+        let located = self.heads.locate(embedding.tensor.clone(), candidates.clone(), Some(ruled_out), Some(place_maps));
         Ok((candidates, located))
     }
 
     /// The box of the place map of the structure `located` means, for a map-box prompt (`None`:
     /// the map is empty, and the decoder gets the anchor).
-    pub async fn map_box(&self, embedding: &ImageEmbedding, located: &Located) -> Result<Option<Tensor<2>>> {
-        let logits = self.heads.place_logits(embedding.tensor.clone(), located.target_logits.clone());
-        let [_, side, _] = logits.dims();
+    pub async fn map_box(&self, located: &Located) -> Result<Option<Tensor<2>>> {
+        let maps = located.place_maps.clone().ok_or_else(|| Error::Other("the place maps were not computed".into()))?;
+        let logits = ReasoningHeads::meant_map(maps, located.target_logits.clone());
+        let [_, cells] = logits.dims();
         let device = logits.device();
+        let side = (cells as f64).sqrt() as usize;
         Ok(box_of_map(&read_f32(logits).await?, side).map(|b| Tensor::<1>::from_floats(b, &device).reshape([1, 4])))
     }
 

@@ -206,6 +206,11 @@ impl ContentHead {
 /// Acc@0.5 0.75), with the 3×3 layer 0.68 (Acc@0.5 0.78) after a third of the epochs; the dilated
 /// layer took the evaluation's box Acc@0.5 from 0.789 to 0.810 (fetal heads' map box on held-out
 /// images: mask IoU 0.815 → 0.843).
+///
+/// Trained with an empty map for every class of another modality on each image, a class's map
+/// also says whether the image shows it at all: where a class's calibrated count of cells
+/// (`presence_cells`) is reached, that is evidence of presence the content head may lack (it
+/// reads a pooled summary, and missed three fetal heads whose maps covered 576–715 cells).
 #[derive(Module, Debug)]
 pub struct PlaceHead {
     pub context: Conv2d,
@@ -213,6 +218,11 @@ pub struct PlaceHead {
     /// embedding, through the first layer).
     pub wide: Conv2d,
     pub output: Linear,
+    /// `[classes]`: how many of a class's map cells above even odds make it even odds that the
+    /// image shows the class; 0 where the map is not read as presence (too few held-out images
+    /// to calibrate it, or no count that no image without the class reaches). Calibrated after
+    /// training (`train::thresholds::presence_cells`).
+    pub presence_cells: Param<Tensor<1>>,
 }
 
 impl PlaceHead {
@@ -221,6 +231,7 @@ impl PlaceHead {
             context: Conv2dConfig::new([embedding_channels, hidden], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device),
             wide: Conv2dConfig::new([hidden, hidden], [3, 3]).with_dilation([4, 4]).with_padding(PaddingConfig2d::Explicit(4, 4, 4, 4)).init(device),
             output: LinearConfig::new(hidden, classes).init(device),
+            presence_cells: Param::from_tensor(Tensor::zeros([classes], device)).set_require_grad(false),
         }
     }
 
@@ -237,18 +248,22 @@ impl PlaceHead {
         self.output.forward(self.cells(embedding)).swap_dims(1, 2)
     }
 
-    /// One class's map per row: `classes` `[B]` → `[B, H, W]` logits (only that class's output
-    /// column is computed).
-    pub fn forward_class(&self, embedding: Tensor<4>, classes: Tensor<1, Int>) -> Tensor<3> {
-        let [b, _, h, w] = embedding.dims();
-        let weight = self.output.weight.val().select(1, classes.clone()).swap_dims(0, 1).unsqueeze_dim::<3>(2);
-        let logits = self.cells(embedding).matmul(weight).reshape([b, h, w]);
-        match &self.output.bias {
-            Some(bias) => logits + bias.val().select(0, classes).reshape([b, 1, 1]),
-            None => logits,
-        }
+    /// `[B, classes, cells]` maps → `[B, classes]` logits that the image shows each class, by
+    /// its map: `ln(cells above even odds / presence_cells)` (even odds at the calibrated
+    /// count), and [`NOT_READ_LOGIT`] for classes whose count is not calibrated.
+    pub fn shows(&self, maps: Tensor<3>) -> Tensor<2> {
+        let [b, classes, _] = maps.dims();
+        let on = maps.greater_elem(0.0).float().sum_dim(2).reshape([b, classes]);
+        let cells = self.presence_cells.val().reshape([1, classes]);
+        let read = cells.clone().greater_elem(0.0);
+        let evidence = (on.clamp_min(0.5) / cells.clamp_min(1.0)).log();
+        evidence.mask_fill(read.bool_not().expand([b, classes]), NOT_READ_LOGIT)
     }
 }
+
+/// What [`PlaceHead::shows`] says for a class whose map is not read as presence: e^-30 of even
+/// odds, so `max` with the content head's logit leaves that alone.
+pub const NOT_READ_LOGIT: f32 = -30.0;
 
 /// The box of a place map (`side × side` logits, row-major) as (cx, cy, w, h) in [0, 1]: the
 /// cells above even odds, keeping every 8-connected region at least a fifth the size of the
@@ -406,19 +421,21 @@ mod tests {
         assert_eq!(box_of_map(&vec![-1.0; side * side], side), None);
     }
 
+    /// A class's map is read as presence only where its count is calibrated, and is even odds
+    /// at that count.
     #[test]
-    fn one_class_map_equals_that_row_of_all_maps() {
+    fn a_map_says_the_image_shows_a_class_by_its_calibrated_count_of_cells() {
         let device = Device::flex();
-        let head = PlaceHead::new(8, 6, 5, &device);
-        let embedding = Tensor::<4>::random([2, 8, 4, 4], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        let all = head.forward(embedding.clone()).into_data().try_to_vec::<f32>().unwrap();
-        let classes = Tensor::<1, Int>::from_ints([3, 1], &device);
-        let one = head.forward_class(embedding, classes).into_data().try_to_vec::<f32>().unwrap();
-        for (row, class) in [(0, 3), (1, 1)] {
-            let want = &all[(row * 5 + class) * 16..(row * 5 + class + 1) * 16];
-            let got = &one[row * 16..(row + 1) * 16];
-            assert!(want.iter().zip(got).all(|(w, g)| (w - g).abs() < 1e-5), "row {row}: {got:?} vs {want:?}");
-        }
+        let mut head = PlaceHead::new(8, 6, 3, &device);
+        head.presence_cells = Param::from_tensor(Tensor::from_floats([4.0, 0.0, 2.0], &device)).set_require_grad(false);
+        // One image, 3 classes, 8 cells: class 0 has 8 cells on, class 1 all 8, class 2 one.
+        let on = |n: usize| (0..8).map(move |i| if i < n { 1.0 } else { -1.0 });
+        let maps: Vec<f32> = on(8).chain(on(8)).chain(on(1)).collect();
+        let shows = head.shows(Tensor::<3>::from_data(burn::tensor::TensorData::new(maps, [1, 3, 8]), &device));
+        let shows = shows.into_data().try_to_vec::<f32>().unwrap();
+        assert!((shows[0] - 2f32.ln()).abs() < 1e-5, "{shows:?}"); // twice the count: p = 2/3
+        assert_eq!(shows[1], NOT_READ_LOGIT); // not calibrated: never read, however full the map
+        assert!((shows[2] - 0.5f32.ln()).abs() < 1e-5, "{shows:?}"); // half the count: p = 1/3
     }
 
     /// A cell's map reads its 3×3 neighbourhood of the embedding and, through the dilated layer,

@@ -18,6 +18,8 @@ pub const WHOLES: &[(&str, &[&str])] = &[("lungs", &["left_lung", "right_lung"])
 #[serde(deny_unknown_fields)]
 pub struct Entry {
     pub name: String,
+    /// Where in the body it is imaged; two structures of different regions are never in one image.
+    pub region: String,
     #[serde(default)]
     pub sided: bool,
     pub synonyms: Vec<String>,

@@ -204,9 +204,12 @@ pub struct Located {
     pub box_cxcywh: Tensor<2>,
     /// …the usual place of the structure meant…
     pub anchor_cxcywh: Tensor<2>,
-    /// …and the box of that structure's place map ([`ReasoningHeads::place_logits`] →
+    /// …and the box of that structure's place map ([`ReasoningHeads::meant_map`] →
     /// [`heads::box_of_map`], on the host), set by the caller only where a prompt uses it.
     pub map_box_cxcywh: Option<Tensor<2>>,
+    /// `[B, classes, cells]`: every class's place map, where the caller gave them to
+    /// [`ReasoningHeads::locate`] (the engine does; the training phases do not).
+    pub place_maps: Option<Tensor<3>>,
     pub presence_logit: Tensor<1>,
     /// `[B, classes]`: which structure the question asks for (the question alone).
     pub class_logits: Tensor<2>,
@@ -283,7 +286,9 @@ impl ReasoningHeads {
     /// shows, similarity map → box and presence. `embedding`: `[B, 256, 64, 64]`,
     /// `candidates`: `[B, K, D]`; `ruled_out`: `[B, classes]` added to the target logits
     /// (a large negative value for a class the question's words exclude, see
-    /// [`Knowledge::ruled_out_by_side`]).
+    /// [`Knowledge::ruled_out_by_side`]); `place_maps`: `[B, classes, cells]`
+    /// ([`PlaceHead::forward`]), whose calibrated counts say the image shows a class where the
+    /// content head does not ([`PlaceHead::shows`]; the better of the two counts).
     ///
     /// Presence asks "is what the question means in the image?" ([`presence_logit`]: the best of
     /// the question's contenders by what the image shows).
@@ -295,11 +300,15 @@ impl ReasoningHeads {
     /// content head); the anchor the decoder may be prompted with instead is the usual place of
     /// the one structure meant (the distribution's top), which the answer names — a weighted
     /// anchor put a split question's box between two structures' places.
-    pub fn locate(&self, embedding: Tensor<4>, candidates: Tensor<3>, ruled_out: Option<Tensor<2>>) -> Located {
+    pub fn locate(&self, embedding: Tensor<4>, candidates: Tensor<3>, ruled_out: Option<Tensor<2>>, place_maps: Option<Tensor<3>>) -> Located {
         let fused = self.fusion.forward(candidates);
         let class_logits = self.class.forward(fused.seg.clone());
         let class_probs = softmax(class_logits.clone(), 1);
         let content_logits = self.content.forward(embedding.clone());
+        let content_logits = match &place_maps {
+            Some(maps) => content_logits.max_pair(self.place.shows(maps.clone())),
+            None => content_logits,
+        };
         let target_logits = log_softmax(class_logits.clone(), 1) + log_sigmoid(content_logits.clone().detach());
         let target_logits = match ruled_out {
             Some(bias) => target_logits + bias,
@@ -312,6 +321,7 @@ impl ReasoningHeads {
             box_cxcywh: self.box_head.forward(fused.bbox.clone(), map, anchor),
             anchor_cxcywh: self.box_head.anchor_of(meant(target_logits.clone())),
             map_box_cxcywh: None,
+            place_maps,
             presence_logit: presence_logit(class_probs, content_logits.clone()),
             class_logits,
             content_logits,
@@ -321,10 +331,12 @@ impl ReasoningHeads {
         }
     }
 
-    /// The place map of the structure meant (the target distribution's top), `[B, 64, 64]`
-    /// logits. Only a map-box prompt reads it, so [`Self::locate`] leaves it to the caller.
-    pub fn place_logits(&self, embedding: Tensor<4>, target_logits: Tensor<2>) -> Tensor<3> {
-        self.place.forward_class(embedding, meant(target_logits))
+    /// The place map of the structure meant (the target distribution's top) among `place_maps`
+    /// (`[B, classes, cells]`), `[B, cells]` logits.
+    pub fn meant_map(place_maps: Tensor<3>, target_logits: Tensor<2>) -> Tensor<2> {
+        let [b, _, cells] = place_maps.dims();
+        let rows = meant(target_logits).reshape([b, 1, 1]).repeat_dim(2, cells);
+        place_maps.gather(1, rows).reshape([b, cells])
     }
 
     /// The calibrated gates of the structure meant (the target distribution's top), `[seg token,
@@ -338,7 +350,7 @@ impl ReasoningHeads {
 
     /// The mask decoder, prompted as `prompt` says with what [`Self::locate`] found.
     pub fn decode(&self, sam: &LiteMedSam, embedding: Tensor<4>, candidates: Tensor<3>, located: Located, prompt: DecoderPrompt) -> ReasonOutput {
-        let Located { fused, similarity, box_cxcywh, anchor_cxcywh, map_box_cxcywh, presence_logit, class_logits, content_logits, target_logits } = located;
+        let Located { fused, similarity, box_cxcywh, anchor_cxcywh, map_box_cxcywh, presence_logit, class_logits, content_logits, target_logits, .. } = located;
         let box_cxcywh = match prompt.box_source {
             BoxSource::Corrected => box_cxcywh,
             BoxSource::Map => map_box_cxcywh.unwrap_or(anchor_cxcywh),
@@ -353,7 +365,7 @@ impl ReasoningHeads {
     /// MediSee's prompt, the corrected box and the seg token (the gates are set after training).
     pub fn forward(&self, sam: &LiteMedSam, llm: &Llama, embedding: Tensor<4>, layout: &Layout) -> Result<ReasonOutput> {
         let candidates = self.candidate_states(llm, embedding.clone(), layout)?;
-        let located = self.locate(embedding.clone(), candidates.clone(), None);
+        let located = self.locate(embedding.clone(), candidates.clone(), None, None);
         Ok(self.decode(sam, embedding, candidates, located, DecoderPrompt::FULL))
     }
 }
@@ -434,7 +446,7 @@ mod tests {
         let candidates = heads.candidate_states(&llm, embedding.clone(), &layout).unwrap();
         let anchor_x = |ruled_out: Option<[f32; 5]>| {
             let bias = ruled_out.map(|b| Tensor::<1>::from_floats(b, &device).reshape([1, 5]));
-            heads.locate(embedding.clone(), candidates.clone(), bias).box_cxcywh.narrow(1, 0, 1).into_scalar::<f32>()
+            heads.locate(embedding.clone(), candidates.clone(), bias, None).box_cxcywh.narrow(1, 0, 1).into_scalar::<f32>()
         };
         assert!((anchor_x(None) - 0.1).abs() < 0.01, "class 0: {}", anchor_x(None));
         assert!((anchor_x(Some([-30.0, 0.0, 0.0, 0.0, 0.0])) - 0.25).abs() < 0.01, "class 1");
@@ -443,10 +455,36 @@ mod tests {
         // Split between classes 0 and 1 (0.1 and 0.25): the box head starts between them, the
         // anchor offered to the decoder is the top one's own place.
         let split = Tensor::<1>::from_floats([0.0, 9.5, 0.0, 0.0, 0.0], &device).reshape([1, 5]);
-        let located = heads.locate(embedding, candidates, Some(split));
+        let located = heads.locate(embedding, candidates, Some(split), None);
         let corrected = located.box_cxcywh.narrow(1, 0, 1).into_scalar::<f32>();
         assert!(corrected > 0.12 && corrected < 0.23, "weighted: {corrected}");
         assert_eq!(located.anchor_cxcywh.into_data().try_to_vec::<f32>().unwrap(), vec![0.1, 0.5, 0.2, 0.3]);
+    }
+
+    /// A calibrated place map finds a structure the content head misses, and the map box reads
+    /// the map of the structure meant.
+    #[test]
+    fn a_full_calibrated_place_map_makes_the_asked_structure_present() {
+        let (device, _, llm, mut heads, layout, embedding) = setup();
+        // The question asks for class 2, which the content head says the image does not show.
+        heads.class.linear.weight = Param::from_tensor(Tensor::zeros([32, 5], &device));
+        heads.class.linear.bias = Some(Param::from_tensor(Tensor::from_floats([0.0, 0.0, 20.0, 0.0, 0.0], &device)));
+        let last = heads.content.mlp.layers.last_mut().unwrap();
+        last.weight = Param::from_tensor(last.weight.val().zeros_like());
+        last.bias = Some(Param::from_tensor(Tensor::from_floats([-20.0; 5], &device)));
+        let candidates = heads.candidate_states(&llm, embedding.clone(), &layout).unwrap();
+        // Class 2's map has 400 cells above even odds, class 4's every cell.
+        let mut maps = vec![-1.0f32; 5 * 4096];
+        maps[2 * 4096..2 * 4096 + 400].fill(1.0);
+        maps[4 * 4096..].fill(1.0);
+        let maps = || Some(Tensor::<3>::from_data(TensorData::new(maps.clone(), [1, 5, 4096]), &device));
+        let presence = |heads: &ReasoningHeads| heads.locate(embedding.clone(), candidates.clone(), None, maps()).presence_logit.into_scalar::<f32>();
+        assert!(presence(&heads) < -5.0, "no count calibrated: the maps are not read");
+        heads.place.presence_cells = Param::from_tensor(Tensor::from_floats([0.0, 0.0, 100.0, 0.0, 0.0], &device));
+        assert!((presence(&heads) - 4f32.ln()).abs() < 0.05, "four times the count: p = 0.8, got logit {}", presence(&heads));
+        let located = heads.locate(embedding.clone(), candidates.clone(), None, maps());
+        let meant = ReasoningHeads::meant_map(located.place_maps.unwrap(), located.target_logits).into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(meant.iter().filter(|&&l| l > 0.0).count(), 400, "class 2's map");
     }
 
     #[test]
@@ -472,7 +510,7 @@ mod tests {
             assert_eq!(DecoderPrompt::from_gates(&p.gates()), p);
         }
         let candidates = heads.candidate_states(&llm, embedding.clone(), &layout).unwrap();
-        let located = heads.locate(embedding.clone(), candidates.clone(), None);
+        let located = heads.locate(embedding.clone(), candidates.clone(), None, None);
         let anchor = located.anchor_cxcywh.clone().into_data().try_to_vec::<f32>().unwrap();
         let corrected = located.box_cxcywh.clone().into_data().try_to_vec::<f32>().unwrap();
         let without = heads.decode(&sam, embedding.clone(), candidates.clone(), located.clone(), DecoderPrompt::ANCHOR);

@@ -173,7 +173,7 @@ pub fn gate_evidence(reasoner: &Reasoner, data: &Dataset, images: &[&ImageItem],
             let Some(structure) = generator.knowledge().structure(&record.class) else { continue };
             let question = clean_question(&generator.positive(&structure, &mut rng).text)?;
             let (candidates, mut located) = reasoner.locate(&embedding, &question)?;
-            located.map_box_cxcywh = block_on(reasoner.map_box(&embedding, &located))?;
+            located.map_box_cxcywh = block_on(reasoner.map_box(&located))?;
             let target = Targets::load(&data.root, record)?;
             let target_box = xyxy(target.box_cxcywh);
             let mut ious = [0.0; PROMPTS];

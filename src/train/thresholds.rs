@@ -5,6 +5,9 @@
 //! with enough held-out images on both sides moves its threshold into the gap that best
 //! separates the images showing it from the rest (balanced accuracy, then the middle of the
 //! gap), and keeps even odds where that is already as good.
+//!
+//! The place head's maps are calibrated here too: how many cells above even odds a class's map
+//! needs before it says the image shows the class where the content head does not.
 
 use burn::tensor::Device;
 
@@ -12,7 +15,7 @@ use super::cache::EmbeddingCache;
 use super::dataset::ImageItem;
 use crate::ask::sigmoid;
 use crate::error::Result;
-use crate::reason::heads::ContentHead;
+use crate::reason::heads::{ContentHead, PlaceHead};
 use crate::segment::read_f32;
 
 /// A class moves its threshold only with at least this many held-out images showing it and as
@@ -101,9 +104,97 @@ pub fn content_thresholds(content: &ContentHead, images: &[&ImageItem], cache: &
     Ok(choices)
 }
 
+/// A class's place map is read as presence at this many times the most cells above even odds
+/// that its map reached on any held-out image without the class…
+pub const PRESENCE_CELLS_MARGIN: f32 = 2.0;
+/// …and at no fewer than this many cells (a stray spot is no evidence of a structure).
+pub const MIN_PRESENCE_CELLS: f32 = 20.0;
+
+/// The count of place-map cells above even odds at which a class's map says the image shows it
+/// (even odds; [`crate::reason::heads::PlaceHead::presence_cells`]), from the counts on held-out
+/// images that show the class (`shown`) and that do not (`not_shown`): a margin above the most
+/// any image without the class reached, so that the map only adds presence the held-out images
+/// never contradict; 0 (not read) with too few images on a side, or where no image showing the
+/// class reaches it.
+pub fn presence_cells(shown: &[f32], not_shown: &[f32]) -> f32 {
+    if shown.len() < MIN_IMAGES_PER_SIDE || not_shown.len() < MIN_IMAGES_PER_SIDE {
+        return 0.0;
+    }
+    let highest_without = not_shown.iter().copied().fold(0.0, f32::max);
+    let cells = (highest_without * PRESENCE_CELLS_MARGIN).max(MIN_PRESENCE_CELLS);
+    if shown.iter().any(|&n| n >= cells) {
+        cells
+    } else {
+        0.0
+    }
+}
+
+/// How one class's place-map count was chosen, for the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellsChoice {
+    pub class: String,
+    pub cells: f32,
+    pub shown: Vec<f32>,
+    pub not_shown: Vec<f32>,
+}
+
+impl CellsChoice {
+    pub fn describe(&self) -> String {
+        let reached = self.shown.iter().filter(|&&n| self.cells > 0.0 && n >= self.cells).count();
+        let highest_without = self.not_shown.iter().copied().fold(0.0, f32::max);
+        let read = if self.cells > 0.0 { format!("{:>6.0} cells", self.cells) } else { "  not read".to_string() };
+        format!(
+            "{:<28} {:>4} {:>4}  {read}  shown reaching it {reached}/{}, most cells without {highest_without:.0}",
+            self.class,
+            self.shown.len(),
+            self.not_shown.len(),
+            self.shown.len()
+        )
+    }
+}
+
+/// Chooses every class's place-map count from the maps of `images`.
+pub fn place_presence_cells(place: &PlaceHead, images: &[&ImageItem], cache: &EmbeddingCache, class_names: &[String], device: &Device) -> Result<Vec<CellsChoice>> {
+    let mut choices: Vec<CellsChoice> =
+        class_names.iter().map(|class| CellsChoice { class: class.clone(), cells: 0.0, shown: Vec::new(), not_shown: Vec::new() }).collect();
+    for item in images {
+        let maps = place.forward(cache.load(item, device)?);
+        let [_, classes, _] = maps.dims();
+        let counts = futures_lite::future::block_on(read_f32(maps.greater_elem(0.0).float().sum_dim(2).reshape([classes])))?;
+        for ((choice, count), shown) in choices.iter_mut().zip(counts).zip(item.shown(class_names)) {
+            if shown > 0.0 {
+                choice.shown.push(count);
+            } else {
+                choice.not_shown.push(count);
+            }
+        }
+    }
+    for choice in &mut choices {
+        choice.cells = presence_cells(&choice.shown, &choice.not_shown);
+    }
+    Ok(choices)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_map_is_read_as_presence_above_twice_what_images_without_the_class_reach() {
+        // Images without the class reach at most 160 cells; two of five showing it reach 320.
+        let cells = presence_cells(&[700.0, 576.0, 300.0, 10.0, 0.0], &[0.0, 12.0, 160.0, 3.0]);
+        assert_eq!(cells, 320.0);
+        // No image showing the class reaches twice 160: the map is not read.
+        assert_eq!(presence_cells(&[300.0, 310.0, 200.0, 250.0], &[0.0, 12.0, 160.0, 3.0]), 0.0);
+        // Images without the class all empty: a stray spot is still no evidence.
+        assert_eq!(presence_cells(&[700.0, 15.0, 30.0, 900.0], &[0.0, 0.0, 0.0, 0.0]), MIN_PRESENCE_CELLS);
+    }
+
+    #[test]
+    fn a_map_is_not_read_as_presence_with_too_few_held_out_images() {
+        assert_eq!(presence_cells(&[700.0, 800.0, 900.0], &[0.0, 0.0, 0.0, 0.0]), 0.0);
+        assert_eq!(presence_cells(&[700.0, 800.0, 900.0, 900.0], &[0.0, 0.0, 0.0]), 0.0);
+    }
 
     #[test]
     fn a_class_already_separated_at_even_odds_keeps_them() {

@@ -460,7 +460,7 @@ fn run_batched(
         let embeddings = picked.iter().map(|&i| cache.load(draws[i].item, &device)).collect::<Result<Vec<_>>>()?;
         let values: Vec<f32> = picked.iter().flat_map(|&i| states[i].clone()).collect();
         let candidates = f32_tensor(values, [BATCH, reason.candidates, reason.llm_dim], &device);
-        let located = heads.locate(Tensor::cat(embeddings, 0), candidates, None);
+        let located = heads.locate(Tensor::cat(embeddings, 0), candidates, None, None);
         let batch: Vec<&Draw> = picked.iter().map(|&i| &draws[i]).collect();
         let loss = located_loss(located, &batch, &device);
         let grads = GradientsParams::from_grads(loss.total.backward(), &heads);
@@ -648,6 +648,14 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         }
         let values: Vec<f32> = thresholds.iter().map(|c| c.threshold).collect();
         heads.content.thresholds = Param::from_tensor(Tensor::<1>::from_floats(values.as_slice(), &device)).set_require_grad(false);
+        log(&format!("calibrate: place-map cells read as presence per class on {} held-out training images", held_out.len()));
+        let counts = super::thresholds::place_presence_cells(&heads.place, &held_out, &cache, &sampler.class_names, &device)?;
+        log(&format!("calibrate: {:<28} {:>4} {:>4}", "class", "with", "w/o"));
+        for choice in counts.iter().filter(|c| !c.shown.is_empty()) {
+            log(&format!("calibrate: {}", choice.describe()));
+        }
+        let values: Vec<f32> = counts.iter().map(|c| c.cells).collect();
+        heads.place.presence_cells = Param::from_tensor(Tensor::<1>::from_floats(values.as_slice(), &device)).set_require_grad(false);
         save(&heads, &state)?; // the calibration reads the heads as they will ship
         let reasoner = Reasoner::load(paths, Variant::F32, Some(&heads_path))?;
         log(&format!("calibrate: decoder prompt per class on {} held-out training images", held_out.len()));
@@ -721,7 +729,7 @@ mod tests {
         let heads = config.init(&device);
         let embedding = Tensor::random([2, 256, 64, 64], Distribution::Normal(0.0, 1.0), &device);
         let candidates = Tensor::random([2, 4, 32], Distribution::Normal(0.0, 1.0), &device);
-        let located = heads.locate(embedding, candidates, None);
+        let located = heads.locate(embedding, candidates, None, None);
         let item = ImageItem { id: "x/1".into(), modality: "xray".into(), image: "x.png".into(), split: Split::Train, objects: Vec::new() };
         let (first, second) = (absent_draw(&item, 1), absent_draw(&item, 3));
         let log_probs = log_softmax(located.class_logits.clone(), 1).into_data().try_to_vec::<f32>().unwrap();
