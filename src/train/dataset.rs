@@ -113,6 +113,31 @@ impl ImageItem {
     }
 }
 
+#[cfg(test)]
+impl ImageItem {
+    /// An image of data set `set` annotated with `classes` (files that need not exist).
+    pub(crate) fn fixture(set: &str, modality: &str, classes: &[&str]) -> Self {
+        let id = format!("{set}/1");
+        let objects = classes
+            .iter()
+            .map(|class| Record {
+                id: id.clone(),
+                set: set.into(),
+                modality: modality.into(),
+                image: format!("images/{id}.png"),
+                masks: vec![format!("masks/{id}__{class}.png")],
+                class: class.to_string(),
+                width: 64,
+                height: 64,
+                bbox: [0, 0, 8, 8],
+                area: 64,
+                split: Split::Train,
+            })
+            .collect();
+        ImageItem { id: id.clone(), modality: modality.into(), image: format!("images/{id}.png").into(), split: Split::Train, objects }
+    }
+}
+
 /// Adds each whole of [`WHOLES`] that `item` has every part of and not the whole itself.
 fn add_wholes(item: &mut ImageItem) {
     for (whole, parts) in WHOLES {

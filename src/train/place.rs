@@ -262,23 +262,6 @@ pub fn curve_csv(curve: &[PlaceEpoch]) -> String {
 mod tests {
     use super::*;
 
-    fn image(set: &str, modality: &str, class: &str) -> ImageItem {
-        let record = crate::train::dataset::Record {
-            id: format!("{set}/1"),
-            set: set.into(),
-            modality: modality.into(),
-            image: format!("images/{set}/1.png"),
-            masks: vec![format!("masks/{set}/1__{class}.png")],
-            class: class.into(),
-            width: 64,
-            height: 64,
-            bbox: [0, 0, 8, 8],
-            area: 64,
-            split: crate::train::dataset::Split::Train,
-        };
-        ImageItem { id: record.id.clone(), modality: modality.into(), image: record.image.clone().into(), split: record.split.clone(), objects: vec![record] }
-    }
-
     /// An image supervises its own data set's classes, and an empty map for classes of other
     /// modalities or other body regions; classes of the same modality and region in other data
     /// sets stay unsupervised (they may be there, unannotated).
@@ -292,9 +275,9 @@ mod tests {
             modalities: vec![strings(&["ultrasound"]), strings(&["ultrasound"]), strings(&["ct"]), strings(&["ct"]), Vec::new()],
             regions: strings(&["womb", "neck", "trunk", "trunk", ""]),
         };
-        assert_eq!(annotated.rows(&image("hc18", "ultrasound", "fetal_head")), vec![(0, true), (1, false), (2, false), (3, false)]);
-        assert_eq!(annotated.rows(&image("ccaus", "ultrasound", "common_carotid_artery")), vec![(1, true), (0, false), (2, false), (3, false)]);
-        assert_eq!(annotated.rows(&image("spleen", "ct", "spleen")), vec![(3, true), (0, false), (1, false)]);
+        assert_eq!(annotated.rows(&ImageItem::fixture("hc18", "ultrasound", &["fetal_head"])), vec![(0, true), (1, false), (2, false), (3, false)]);
+        assert_eq!(annotated.rows(&ImageItem::fixture("ccaus", "ultrasound", &["common_carotid_artery"])), vec![(1, true), (0, false), (2, false), (3, false)]);
+        assert_eq!(annotated.rows(&ImageItem::fixture("spleen", "ct", &["spleen"])), vec![(3, true), (0, false), (1, false)]);
     }
 
     /// The loss only counts supervised rows: a wrong map on an unsupervised row costs nothing,

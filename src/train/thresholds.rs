@@ -56,52 +56,79 @@ fn rates(shown: &[f32], not_shown: &[f32], cut: f32) -> (f64, f64) {
     (share(shown.iter().filter(|&&s| s > cut).count(), shown), share(not_shown.iter().filter(|&&s| s <= cut).count(), not_shown))
 }
 
-/// How one class's threshold was chosen, for the log.
+/// One class's calibration: its scores on the held-out images that show it and on those that
+/// do not, and the value chosen from them (a content threshold, or a place-map count).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ThresholdChoice {
+pub struct ClassCalibration {
     pub class: String,
-    pub threshold: f32,
+    pub value: f32,
     pub shown: Vec<f32>,
     pub not_shown: Vec<f32>,
 }
 
-impl ThresholdChoice {
-    pub fn describe(&self) -> String {
+impl ClassCalibration {
+    /// A content threshold's line for the log.
+    pub fn describe_threshold(&self) -> String {
         let (found_before, rejected_before) = rates(&self.shown, &self.not_shown, 0.0);
-        let (found, rejected) = rates(&self.shown, &self.not_shown, self.threshold);
+        let (found, rejected) = rates(&self.shown, &self.not_shown, self.value);
         format!(
             "{:<28} {:>4} {:>4}  threshold {:>6.2} (p {:.3})  shown found {:.3} -> {:.3}, others rejected {:.3} -> {:.3}",
             self.class,
             self.shown.len(),
             self.not_shown.len(),
-            self.threshold,
-            sigmoid(self.threshold),
+            self.value,
+            sigmoid(self.value),
             found_before,
             found,
             rejected_before,
             rejected
         )
     }
+
+    /// A place-map count's line for the log.
+    pub fn describe_cells(&self) -> String {
+        let reached = self.shown.iter().filter(|&&n| self.value > 0.0 && n >= self.value).count();
+        let highest_without = self.not_shown.iter().copied().fold(0.0, f32::max);
+        let read = if self.value > 0.0 { format!("{:>6.0} cells", self.value) } else { "  not read".to_string() };
+        format!(
+            "{:<28} {:>4} {:>4}  {read}  shown reaching it {reached}/{}, most cells without {highest_without:.0}",
+            self.class,
+            self.shown.len(),
+            self.not_shown.len(),
+            self.shown.len()
+        )
+    }
 }
 
-/// Chooses every class's threshold from the uncalibrated content logits of `images`.
-pub fn content_thresholds(content: &ContentHead, images: &[&ImageItem], cache: &EmbeddingCache, class_names: &[String], device: &Device) -> Result<Vec<ThresholdChoice>> {
-    let mut choices: Vec<ThresholdChoice> =
-        class_names.iter().map(|class| ThresholdChoice { class: class.clone(), threshold: 0.0, shown: Vec::new(), not_shown: Vec::new() }).collect();
+/// Every class's calibration from `images`: `score` gives an image's score for every class, and
+/// `choose` picks each class's value from its scores on the images that show it and do not.
+fn calibrate_per_class(
+    images: &[&ImageItem],
+    class_names: &[String],
+    mut score: impl FnMut(&ImageItem) -> Result<Vec<f32>>,
+    choose: fn(&[f32], &[f32]) -> f32,
+) -> Result<Vec<ClassCalibration>> {
+    let mut choices: Vec<ClassCalibration> =
+        class_names.iter().map(|class| ClassCalibration { class: class.clone(), value: 0.0, shown: Vec::new(), not_shown: Vec::new() }).collect();
     for item in images {
-        let logits = futures_lite::future::block_on(read_f32(content.uncalibrated(cache.load(item, device)?)))?;
-        for ((choice, logit), shown) in choices.iter_mut().zip(logits).zip(item.shown(class_names)) {
+        for ((choice, value), shown) in choices.iter_mut().zip(score(item)?).zip(item.shown(class_names)) {
             if shown > 0.0 {
-                choice.shown.push(logit);
+                choice.shown.push(value);
             } else {
-                choice.not_shown.push(logit);
+                choice.not_shown.push(value);
             }
         }
     }
     for choice in &mut choices {
-        choice.threshold = threshold(&choice.shown, &choice.not_shown);
+        choice.value = choose(&choice.shown, &choice.not_shown);
     }
     Ok(choices)
+}
+
+/// Chooses every class's threshold from the uncalibrated content logits of `images`.
+pub fn content_thresholds(content: &ContentHead, images: &[&ImageItem], cache: &EmbeddingCache, class_names: &[String], device: &Device) -> Result<Vec<ClassCalibration>> {
+    let logits = |item: &ImageItem| futures_lite::future::block_on(read_f32(content.uncalibrated(cache.load(item, device)?)));
+    calibrate_per_class(images, class_names, logits, threshold)
 }
 
 /// A class's place map is read as presence at this many times the most cells above even odds
@@ -129,55 +156,33 @@ pub fn presence_cells(shown: &[f32], not_shown: &[f32]) -> f32 {
     }
 }
 
-/// How one class's place-map count was chosen, for the log.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CellsChoice {
-    pub class: String,
-    pub cells: f32,
-    pub shown: Vec<f32>,
-    pub not_shown: Vec<f32>,
-}
-
-impl CellsChoice {
-    pub fn describe(&self) -> String {
-        let reached = self.shown.iter().filter(|&&n| self.cells > 0.0 && n >= self.cells).count();
-        let highest_without = self.not_shown.iter().copied().fold(0.0, f32::max);
-        let read = if self.cells > 0.0 { format!("{:>6.0} cells", self.cells) } else { "  not read".to_string() };
-        format!(
-            "{:<28} {:>4} {:>4}  {read}  shown reaching it {reached}/{}, most cells without {highest_without:.0}",
-            self.class,
-            self.shown.len(),
-            self.not_shown.len(),
-            self.shown.len()
-        )
-    }
-}
-
 /// Chooses every class's place-map count from the maps of `images`.
-pub fn place_presence_cells(place: &PlaceHead, images: &[&ImageItem], cache: &EmbeddingCache, class_names: &[String], device: &Device) -> Result<Vec<CellsChoice>> {
-    let mut choices: Vec<CellsChoice> =
-        class_names.iter().map(|class| CellsChoice { class: class.clone(), cells: 0.0, shown: Vec::new(), not_shown: Vec::new() }).collect();
-    for item in images {
+pub fn place_presence_cells(place: &PlaceHead, images: &[&ImageItem], cache: &EmbeddingCache, class_names: &[String], device: &Device) -> Result<Vec<ClassCalibration>> {
+    let counts = |item: &ImageItem| {
         let maps = place.forward(cache.load(item, device)?);
         let [_, classes, _] = maps.dims();
-        let counts = futures_lite::future::block_on(read_f32(maps.greater_elem(0.0).float().sum_dim(2).reshape([classes])))?;
-        for ((choice, count), shown) in choices.iter_mut().zip(counts).zip(item.shown(class_names)) {
-            if shown > 0.0 {
-                choice.shown.push(count);
-            } else {
-                choice.not_shown.push(count);
-            }
-        }
-    }
-    for choice in &mut choices {
-        choice.cells = presence_cells(&choice.shown, &choice.not_shown);
-    }
-    Ok(choices)
+        futures_lite::future::block_on(read_f32(maps.greater_elem(0.0).float().sum_dim(2).reshape([classes])))
+    };
+    calibrate_per_class(images, class_names, counts, presence_cells)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each class's scores are split by whether the image shows the class, and its value is
+    /// chosen from its own scores only.
+    #[test]
+    fn each_class_is_calibrated_on_the_images_that_show_it_and_those_that_do_not() {
+        let classes = vec!["heart".to_string(), "liver".to_string()];
+        let chest = ImageItem::fixture("jsrt", "xray", &["heart"]);
+        let abdomen = ImageItem::fixture("chaos", "ct", &["liver"]);
+        let score = |item: &ImageItem| Ok(if item.modality == "xray" { vec![5.0, -3.0] } else { vec![-4.0, 6.0] });
+        let choose = |shown: &[f32], not_shown: &[f32]| shown.iter().sum::<f32>() * 10.0 + not_shown.iter().sum::<f32>();
+        let calibrated = calibrate_per_class(&[&chest, &abdomen, &chest], &classes, score, choose).unwrap();
+        assert_eq!((calibrated[0].shown.clone(), calibrated[0].not_shown.clone(), calibrated[0].value), (vec![5.0, 5.0], vec![-4.0], 96.0));
+        assert_eq!((calibrated[1].shown.clone(), calibrated[1].not_shown.clone(), calibrated[1].value), (vec![6.0], vec![-3.0, -3.0], 54.0));
+    }
 
     #[test]
     fn a_map_is_read_as_presence_above_twice_what_images_without_the_class_reach() {

@@ -33,6 +33,7 @@ use crate::reason::knowledge::Knowledge;
 use super::losses::{bce_with_logits, box_loss, cross_entropy, dice_loss, mask_loss};
 use super::questions::{Phrasings, Question, QuestionGenerator};
 use super::targets::Targets;
+use super::thresholds::ClassCalibration;
 use crate::error::{Error, Result};
 use crate::llm::TextModel;
 use crate::reason::sequence::Layout;
@@ -526,6 +527,17 @@ fn resume_heads(heads: ReasoningHeads, bytes: Vec<u8>, log: &mut dyn FnMut(&str)
     Ok(heads)
 }
 
+/// Logs how each class some held-out image shows was calibrated, and returns the classes'
+/// values as a frozen parameter of the heads.
+fn calibrated_values(choices: &[ClassCalibration], describe: fn(&ClassCalibration) -> String, device: &Device, log: &mut dyn FnMut(&str)) -> Param<Tensor<1>> {
+    log(&format!("calibrate: {:<28} {:>4} {:>4}", "class", "with", "w/o"));
+    for choice in choices.iter().filter(|c| !c.shown.is_empty()) {
+        log(&format!("calibrate: {}", describe(choice)));
+    }
+    let values: Vec<f32> = choices.iter().map(|c| c.value).collect();
+    Param::from_tensor(Tensor::<1>::from_floats(values.as_slice(), device)).set_require_grad(false)
+}
+
 /// Trains (or resumes training) until `config.steps`.
 pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)) -> Result<()> {
     std::fs::create_dir_all(&config.output_dir).map_err(|e| Error::io(&config.output_dir, e))?;
@@ -642,20 +654,10 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         // prompt gates compare, depends on it.
         log(&format!("calibrate: content thresholds per class on {} held-out training images", held_out.len()));
         let thresholds = super::thresholds::content_thresholds(&heads.content, &held_out, &cache, &sampler.class_names, &device)?;
-        log(&format!("calibrate: {:<28} {:>4} {:>4}", "class", "with", "w/o"));
-        for choice in thresholds.iter().filter(|c| !c.shown.is_empty()) {
-            log(&format!("calibrate: {}", choice.describe()));
-        }
-        let values: Vec<f32> = thresholds.iter().map(|c| c.threshold).collect();
-        heads.content.thresholds = Param::from_tensor(Tensor::<1>::from_floats(values.as_slice(), &device)).set_require_grad(false);
+        heads.content.thresholds = calibrated_values(&thresholds, ClassCalibration::describe_threshold, &device, log);
         log(&format!("calibrate: place-map cells read as presence per class on {} held-out training images", held_out.len()));
         let counts = super::thresholds::place_presence_cells(&heads.place, &held_out, &cache, &sampler.class_names, &device)?;
-        log(&format!("calibrate: {:<28} {:>4} {:>4}", "class", "with", "w/o"));
-        for choice in counts.iter().filter(|c| !c.shown.is_empty()) {
-            log(&format!("calibrate: {}", choice.describe()));
-        }
-        let values: Vec<f32> = counts.iter().map(|c| c.cells).collect();
-        heads.place.presence_cells = Param::from_tensor(Tensor::<1>::from_floats(values.as_slice(), &device)).set_require_grad(false);
+        heads.place.presence_cells = calibrated_values(&counts, ClassCalibration::describe_cells, &device, log);
         save(&heads, &state)?; // the calibration reads the heads as they will ship
         let reasoner = Reasoner::load(paths, Variant::F32, Some(&heads_path))?;
         log(&format!("calibrate: decoder prompt per class on {} held-out training images", held_out.len()));
