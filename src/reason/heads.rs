@@ -207,8 +207,8 @@ impl ContentHead {
 /// layer took the evaluation's box Acc@0.5 from 0.789 to 0.810 (fetal heads' map box on held-out
 /// images: mask IoU 0.815 → 0.843).
 ///
-/// Trained with an empty map for every class of another modality on each image, a class's map
-/// also says whether the image shows it at all: where a class's calibrated count of cells
+/// Trained with an empty map on each image for every class that cannot be in it (another
+/// modality or body region; `train::place`), a class's map also says whether the image shows it: where a class's calibrated count of cells
 /// (`presence_cells`) is reached, that is evidence of presence the content head may lack (it
 /// reads a pooled summary, and missed three fetal heads whose maps covered 576–715 cells).
 #[derive(Module, Debug)]

@@ -288,7 +288,7 @@ impl ReasoningHeads {
     /// (a large negative value for a class the question's words exclude, see
     /// [`Knowledge::ruled_out_by_side`]); `place_maps`: `[B, classes, cells]`
     /// ([`PlaceHead::forward`]), whose calibrated counts say the image shows a class where the
-    /// content head does not ([`PlaceHead::shows`]; the better of the two counts).
+    /// content head does not ([`PlaceHead::shows`]; the larger of the two logits counts).
     ///
     /// Presence asks "is what the question means in the image?" ([`presence_logit`]: the best of
     /// the question's contenders by what the image shows).

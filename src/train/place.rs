@@ -94,7 +94,7 @@ impl Annotated {
             let modalities = &self.modalities[row];
             let other_modality = !modalities.is_empty() && !modalities.contains(&item.modality);
             let other_region = !self.regions[row].is_empty() && !own_regions.contains(self.regions[row].as_str());
-            !own.contains(&row) && (other_modality || other_region)
+            other_modality || other_region
         };
         let foreign = (0..self.regions.len()).filter(|&row| impossible(row));
         own.iter().map(|&row| (row, true)).chain(foreign.map(|row| (row, false))).collect()
@@ -116,11 +116,12 @@ fn image_targets(data: &Dataset, item: &ImageItem, annotated: &Annotated, class_
 
 /// Masked BCE over the supervised maps plus half their Dice (on maps with a target), as in the
 /// similarity map's loss. `logits`, `targets`: `[B, classes, cells]`; `weights`: `[B, classes, 1]`,
-/// the weight of each supervised row, 0 elsewhere; `has_target`: 1 where the target is not empty;
-/// `rows`: what the weighted sums are divided by.
-fn place_loss(logits: Tensor<3>, targets: Tensor<3>, weights: Tensor<3>, has_target: Tensor<3>, rows: f32) -> Tensor<1> {
+/// the weight of each supervised row, 0 elsewhere (the weighted sums are divided by their sum);
+/// `has_target`: 1 where the target is not empty.
+fn place_loss(logits: Tensor<3>, targets: Tensor<3>, weights: Tensor<3>, has_target: Tensor<3>) -> Tensor<1> {
+    let rows = weights.clone().sum().clamp_min(1.0);
     let bce = -(targets.clone() * log_sigmoid(logits.clone()) + (-targets.clone() + 1.0) * log_sigmoid(-logits.clone()));
-    let bce = (bce.mean_dim(2) * weights).sum() / rows;
+    let bce = (bce.mean_dim(2) * weights).sum() / rows.clone();
     let p = sigmoid(logits);
     let inter = (p.clone() * targets.clone()).sum_dim(2);
     let dice = -((inter * 2.0 + 1.0) / (p.sum_dim(2) + targets.sum_dim(2) + 1.0)) + 1.0;
@@ -164,14 +165,12 @@ impl<'a> Supervised<'a> {
                 has_target[at] = if coarse.iter().any(|&v| v > 0.0) { 1.0 } else { 0.0 };
             }
         }
-        let rows = weights.iter().sum::<f32>().max(1.0);
         let tensor = |values: Vec<f32>, shape: [usize; 3]| Tensor::<3>::from_data(TensorData::new(values, shape), device);
         Ok(place_loss(
             head.forward(Tensor::cat(embeddings, 0)),
             tensor(dense, [b, classes, CELLS]),
             tensor(weights, [b, classes, 1]),
             tensor(has_target, [b, classes, 1]),
-            rows,
         ))
     }
 }
@@ -289,9 +288,9 @@ mod tests {
         // One image, two classes, 4 cells: row 0's target is cells 0–1; the logits match it.
         let target = vec![1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
         let good = vec![9.0, 9.0, -9.0, -9.0, 9.0, 9.0, 9.0, 9.0]; // row 1 says "everywhere"
-        let only_row0 = place_loss(t(good.clone(), [1, 2, 4]), t(target.clone(), [1, 2, 4]), t(vec![1.0, 0.0], [1, 2, 1]), t(vec![1.0, 0.0], [1, 2, 1]), 1.0);
+        let only_row0 = place_loss(t(good.clone(), [1, 2, 4]), t(target.clone(), [1, 2, 4]), t(vec![1.0, 0.0], [1, 2, 1]), t(vec![1.0, 0.0], [1, 2, 1]));
         assert!(only_row0.into_scalar::<f32>() < 0.01);
-        let both = place_loss(t(good, [1, 2, 4]), t(target, [1, 2, 4]), t(vec![1.0, 1.0], [1, 2, 1]), t(vec![1.0, 0.0], [1, 2, 1]), 2.0);
+        let both = place_loss(t(good, [1, 2, 4]), t(target, [1, 2, 4]), t(vec![1.0, 1.0], [1, 2, 1]), t(vec![1.0, 0.0], [1, 2, 1]));
         assert!(both.into_scalar::<f32>() > 1.0);
     }
 }
