@@ -1,6 +1,6 @@
-//! Reasoning segmentation: image → embedding (once per image) → question → mask, box, presence,
-//! fusion weights and heat map → a streamed explanation. The engine shared by the CLI, the
-//! evaluation and (through `web`) the page.
+//! Reasoning segmentation: image → embedding and place maps (once per image) → question → mask,
+//! box, presence, fusion weights and heat map → a streamed explanation. The engine shared by the
+//! CLI, the evaluation and (through `web`) the page.
 
 use burn::tensor::activation::softmax;
 use burn::tensor::Tensor;
@@ -14,7 +14,7 @@ use crate::reason::heads::cxcywh_to_xyxy;
 use crate::reason::knowledge::{addressed_to_reader, Knowledge, Structure};
 use crate::reason::sequence::Layout;
 use crate::reason::heads::box_of_map;
-use crate::reason::{AnswerBox, BoxSource, DecoderPrompt, Located, ReasonConfig, ReasonOutput, ReasoningHeads};
+use crate::reason::{AnswerBox, BoxSource, ClassChoice, DecoderPrompt, Located, ReasonConfig, ReasonOutput, ReasoningHeads};
 use crate::sam::{postprocess_masks, INPUT_SIZE};
 use crate::segment::{read_f32, BoxSegmenter, ImageEmbedding};
 use crate::weights;
@@ -89,6 +89,8 @@ pub struct Answer {
     /// (`anchor`), the box head's correction for this image (`corrected`) or the box of the
     /// structure's place map in this image (`map`).
     pub box_source: BoxSource,
+    /// What that box's width and height were scaled by (the class's calibrated box scale).
+    pub box_scale: f32,
     /// Candidate fusion weights (`[SEG]`, `[BBOX]`, extra candidates…) of the mask and box branches.
     pub seg_weights: Vec<f32>,
     pub box_weights: Vec<f32>,
@@ -107,6 +109,16 @@ pub const SMALL_REGION_DECODER_PIXELS: f32 = 8.0;
 /// Added to the target logit of a class the question's words rule out (e^-30 ≈ 1e-13: never
 /// chosen, and still finite on every backend).
 const RULED_OUT_LOGIT: f32 = -30.0;
+
+/// An image as the reasoner reads it: LiteMedSAM's embedding and every class's place map, both
+/// computed once per image because neither depends on the question.
+#[derive(Debug, Clone)]
+pub struct EncodedImage {
+    pub embedding: ImageEmbedding,
+    /// `[1, classes, cells]` logits ([`crate::reason::heads::PlaceHead::forward`]): presence
+    /// reads the calibrated ones, a map-box prompt the one meant.
+    pub place_maps: Tensor<3>,
+}
 
 /// LiteMedSAM, SmolLM2 and the trained reasoning heads.
 pub struct Reasoner {
@@ -160,26 +172,32 @@ impl Reasoner {
         &self.knowledge
     }
 
-    /// Runs the image encoder: once per image, every question reuses the result.
-    pub fn encode(&self, image: &RgbImage) -> ImageEmbedding {
-        self.segmenter.encode(image)
+    /// Runs the image encoder and the place head: once per image, every question reuses them.
+    pub fn encode(&self, image: &RgbImage) -> EncodedImage {
+        self.read_embedding(self.segmenter.encode(image))
+    }
+
+    /// An image from its embedding (one computed earlier, e.g. cached on disk).
+    pub fn read_embedding(&self, embedding: ImageEmbedding) -> EncodedImage {
+        let place_maps = self.heads.place.forward(embedding.tensor.clone());
+        EncodedImage { embedding, place_maps }
     }
 
     /// The reasoning graph's raw outputs for a (clean) question: one LLM pass, the heads, and
     /// the mask decoder prompted as the class gates want it; and which box they want answered.
-    pub async fn forward(&self, embedding: &ImageEmbedding, question: &str) -> Result<(ReasonOutput, AnswerBox)> {
-        let (candidates, mut located) = self.locate(embedding, question)?;
-        let gates = read_f32(self.heads.class_gates(located.target_logits.clone())).await?;
-        let prompt = DecoderPrompt::from_gates(&gates);
-        if prompt.box_source == BoxSource::Map {
+    pub async fn forward(&self, image: &EncodedImage, question: &str) -> Result<(ReasonOutput, AnswerBox)> {
+        let (candidates, mut located) = self.locate(image, question)?;
+        let choice = ClassChoice::from_gates(&read_f32(self.heads.class_gates(located.target_logits.clone())).await?);
+        if choice.prompt.box_source == BoxSource::Map {
             located.map_box_cxcywh = self.map_box(&located).await?;
         }
-        Ok((self.decode(embedding, candidates, located, prompt), AnswerBox::from_gate(gates[3])))
+        Ok((self.decode(image, candidates, located, choice.prompt, choice.box_scale), choice.answer_box))
     }
 
     /// The graph up to the mask decoder: one LLM pass over the question with the image's vision
     /// tokens, then the heads. Returns the candidate states and what the heads located.
-    pub fn locate(&self, embedding: &ImageEmbedding, question: &str) -> Result<(Tensor<3>, Located)> {
+    pub fn locate(&self, image: &EncodedImage, question: &str) -> Result<(Tensor<3>, Located)> {
+        let embedding = &image.embedding;
         let layout = Layout::new(&self.llm.tokenizer, question, &[], self.config.vision_tokens(64), self.config.candidates)?;
         if layout.len() > self.llm.config.max_sequence {
             return Err(Error::Prompt(format!("the question is too long for the language model ({} tokens)", layout.len())));
@@ -187,9 +205,7 @@ impl Reasoner {
         let candidates = self.heads.candidate_states(&self.llm.model, embedding.tensor.clone(), &layout)?;
         let ruled_out: Vec<f32> = self.knowledge.ruled_out_by_side(question).iter().map(|&out| if out { RULED_OUT_LOGIT } else { 0.0 }).collect();
         let ruled_out = Tensor::<1>::from_floats(ruled_out.as_slice(), &candidates.device()).reshape([1, self.classes.len()]);
-        // Every class's place map: presence reads the calibrated ones, a map-box prompt the one meant.
-        let place_maps = self.heads.place.forward(embedding.tensor.clone());
-        let located = self.heads.locate(embedding.tensor.clone(), candidates.clone(), Some(ruled_out), Some(place_maps));
+        let located = self.heads.locate(embedding.tensor.clone(), candidates.clone(), Some(ruled_out), Some(image.place_maps.clone()));
         Ok((candidates, located))
     }
 
@@ -204,15 +220,17 @@ impl Reasoner {
         Ok(box_of_map(&read_f32(logits).await?, side).map(|b| Tensor::<1>::from_floats(b, &device).reshape([1, 4])))
     }
 
-    /// The mask decoder on what [`Self::locate`] found, prompted as `prompt` says.
-    pub fn decode(&self, embedding: &ImageEmbedding, candidates: Tensor<3>, located: Located, prompt: DecoderPrompt) -> ReasonOutput {
-        self.heads.decode(self.segmenter.model(), embedding.tensor.clone(), candidates, located, prompt)
+    /// The mask decoder on what [`Self::locate`] found, prompted as `prompt` says with the box
+    /// scaled by `box_scale`.
+    pub fn decode(&self, image: &EncodedImage, candidates: Tensor<3>, located: Located, prompt: DecoderPrompt, box_scale: f32) -> ReasonOutput {
+        self.heads.decode(self.segmenter.model(), image.embedding.tensor.clone(), candidates, located, prompt, box_scale)
     }
 
     /// Answers `question` about the encoded image: mask, box, presence, fusion weights, heat map.
-    pub async fn ask(&self, embedding: &ImageEmbedding, question: &str) -> Result<Answer> {
+    pub async fn ask(&self, image: &EncodedImage, question: &str) -> Result<Answer> {
         let question = clean_question(question)?;
-        let (out, box_from) = self.forward(embedding, &question).await?;
+        let (out, box_from) = self.forward(image, &question).await?;
+        let embedding = &image.embedding;
         let (width, height) = embedding.original_size;
         let presence = sigmoid(read_f32(out.presence_logit).await?[0]);
         let found = presence > 0.5;
@@ -248,7 +266,7 @@ impl Reasoner {
         } else {
             (Mask { width, height, data: vec![0; width as usize * height as usize] }, None, None)
         };
-        Ok(Answer { question, found, presence, bbox, box_from, prompt_box, score, mask_area: mask.area(), mask_rle: mask.coco_rle(), structure, seg_token, box_source, seg_weights, box_weights, mask, heatmap })
+        Ok(Answer { question, found, presence, bbox, box_from, prompt_box, score, mask_area: mask.area(), mask_rle: mask.coco_rle(), structure, seg_token, box_source, box_scale: out.box_scale, seg_weights, box_weights, mask, heatmap })
     }
 
     /// The explanation of `answer`, streamed piece by piece to `on_text` (return false to stop).

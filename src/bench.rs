@@ -324,13 +324,13 @@ fn bench_ask(args: &BenchArgs, paths: &ModelPaths, threads: usize) -> Result<()>
     for variant in Variant::ALL {
         eprintln!("bench: medsee ask {variant} …");
         let reasoner = medsee::Reasoner::load(paths, variant, None)?;
-        let embedding = reasoner.encode(&image);
-        let answer = time_runs(args.runs, || block_on(reasoner.ask(&embedding, ASK_QUESTION)).map(|_| ()))?;
-        let found = block_on(reasoner.ask(&embedding, ASK_QUESTION))?;
+        let encoded = reasoner.encode(&image);
+        let answer = time_runs(args.runs, || block_on(reasoner.ask(&encoded, ASK_QUESTION)).map(|_| ()))?;
+        let found = block_on(reasoner.ask(&encoded, ASK_QUESTION))?;
         let explain = time_runs(args.runs, || block_on(reasoner.explain(&found, |_| true)).map(|_| ()))?;
         let end_to_end = time_runs(args.runs.div_ceil(3), || {
-            let embedding = reasoner.encode(&image);
-            let answer = block_on(reasoner.ask(&embedding, ASK_QUESTION))?;
+            let encoded = reasoner.encode(&image);
+            let answer = block_on(reasoner.ask(&encoded, ASK_QUESTION))?;
             block_on(reasoner.explain(&answer, |_| true)).map(|_| ())
         })?;
         table.rows.push((format!("medsee burn-flex {variant}"), vec![answer, explain, end_to_end]));
@@ -364,7 +364,7 @@ fn bench_soak(args: &SoakArgs, paths: &ModelPaths) -> Result<()> {
     files.sort();
     files.truncate(args.images.max(1));
     let reasoner = medsee::Reasoner::load(paths, Variant::Quantized, None)?;
-    let embeddings = files
+    let images = files
         .iter()
         .map(|f| Ok(reasoner.encode(&medsee::image::decode_image(&std::fs::read(f).map_err(|e| Error::io(f, e))?)?)))
         .collect::<Result<Vec<_>>>()?;
@@ -373,7 +373,7 @@ fn bench_soak(args: &SoakArgs, paths: &ModelPaths) -> Result<()> {
     let mut samples = Vec::new();
     let mut window = Instant::now();
     for n in 1..=args.questions {
-        let answer = block_on(reasoner.ask(&embeddings[n % embeddings.len()], SOAK_QUESTIONS[n % SOAK_QUESTIONS.len()]))?;
+        let answer = block_on(reasoner.ask(&images[n % images.len()], SOAK_QUESTIONS[n % SOAK_QUESTIONS.len()]))?;
         if n % 10 == 0 {
             block_on(reasoner.explain(&answer, |_| true))?;
         }

@@ -85,9 +85,9 @@ impl DeviceCheck {
     /// Runs the fixed inputs on the reasoner's device. With `top_ids` from the reference the
     /// same logits are read back; without (writing a reference), the highest ones are chosen.
     pub async fn measure(reasoner: &Reasoner, reference: Option<&DeviceCheck>) -> Result<Self> {
-        let embedding = reasoner.encode(&synthetic_image());
-        let (out, _) = reasoner.forward(&embedding, QUESTION).await?;
-        let embedding_values = read_f32(embedding.tensor.clone().reshape([-1])).await?;
+        let image = reasoner.encode(&synthetic_image());
+        let (out, _) = reasoner.forward(&image, QUESTION).await?;
+        let embedding_values = read_f32(image.embedding.tensor.clone().reshape([-1])).await?;
         let mask_values = read_f32(out.decoder.low_res_masks.reshape([-1])).await?;
         let side = (mask_values.len() as f64).sqrt() as usize;
         let step = side / MASK_GRID;

@@ -24,7 +24,7 @@ pub mod train;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 
-pub use ask::{Answer, Reasoner};
+pub use ask::{Answer, EncodedImage, Reasoner};
 pub use error::{Error, Result};
 pub use segment::{BoxSegmentation, BoxSegmenter, ImageEmbedding};
 pub use weights::Variant;

@@ -294,10 +294,10 @@ fn ask(paths: &ModelPaths, args: &AskArgs) -> Result<()> {
     let reasoner = medsee::Reasoner::load(paths, args.variant, args.heads.as_deref())?;
     let load_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let embedding = reasoner.encode(&image);
+    let encoded = reasoner.encode(&image);
     let encode_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let answer = futures_lite::future::block_on(reasoner.ask(&embedding, &args.question))?;
+    let answer = futures_lite::future::block_on(reasoner.ask(&encoded, &args.question))?;
     let answer_s = started.elapsed().as_secs_f64();
     match (&answer.bbox, &answer.structure) {
         (Some(b), structure) => eprintln!(

@@ -11,12 +11,12 @@ use js_sys::{Float32Array, Function, Object, Reflect, Uint8Array};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
-use crate::ask::{heatmap_bytes, Answer, Reasoner};
+use crate::ask::{heatmap_bytes, Answer, EncodedImage, Reasoner};
 use crate::image::dicom::{decode_dicom, is_dicom, Window};
 use crate::image::{decode_image, PixelBox};
 use crate::llm::TextModel;
 use crate::device_check::DeviceCheck;
-use crate::segment::{read_f32, BoxSegmentation, BoxSegmenter, ImageEmbedding};
+use crate::segment::{read_f32, BoxSegmentation, BoxSegmenter};
 use crate::weights::store::{page_files, reason_heads_file, Index};
 use crate::weights::{self, converted_file_name, manifest, Variant};
 
@@ -88,13 +88,13 @@ enum Backend {
     Cpu,
 }
 
-/// The loaded models and, once an image is set, its cached embedding and the last answer.
+/// The loaded models and, once an image is set, its encoding and the last answer.
 #[wasm_bindgen]
 pub struct Engine {
     reasoner: Rc<Reasoner>,
     backend: Backend,
     device_check: Option<String>,
-    embedding: Option<Rc<ImageEmbedding>>,
+    image: Option<Rc<EncodedImage>>,
     last_answer: Rc<RefCell<Option<Rc<Answer>>>>,
 }
 
@@ -141,7 +141,7 @@ impl Engine {
             Backend::WebGpu => Some(DeviceCheck::verify(&reasoner).await.map_err(js_error)?.describe()),
             Backend::Cpu => None,
         };
-        Ok(Engine { reasoner: Rc::new(reasoner), backend, device_check, embedding: None, last_answer: Rc::default() })
+        Ok(Engine { reasoner: Rc::new(reasoner), backend, device_check, image: None, last_answer: Rc::default() })
     }
 
     /// Which compute path runs the model: `"webgpu"` or `"cpu"`.
@@ -160,7 +160,7 @@ impl Engine {
     }
 
     /// Decodes an image file (PNG, JPEG or single-frame DICOM; for DICOM with the window
-    /// `center`/`width` when given, else the file's own) and runs the image encoder once for it.
+    /// `center`/`width` when given, else the file's own) and encodes it once for every question.
     /// Returns `{width, height, pixels: Uint8Array (RGB, for display), dicom: null |
     /// {fileWindow, appliedWindow, modality}}` once the embedding is computed (on WebGPU the work
     /// is queued; the promise waits for it). On error the previous image stays loaded.
@@ -181,20 +181,20 @@ impl Engine {
             set_property(&out, "dicom", JsValue::NULL);
             decode_image(bytes).map_err(js_error)?
         };
-        let embedding = Rc::new(self.reasoner.encode(&image));
-        self.embedding = Some(Rc::clone(&embedding));
+        let encoded = Rc::new(self.reasoner.encode(&image));
+        self.image = Some(Rc::clone(&encoded));
         self.last_answer.replace(None);
         set_property(&out, "width", image.width);
         set_property(&out, "height", image.height);
         set_property(&out, "pixels", Uint8Array::from(image.pixels.as_slice()));
         Ok(wasm_bindgen_futures::future_to_promise(async move {
-            read_f32(embedding.tensor.clone().slice([0..1, 0..1, 0..1, 0..1])).await.map_err(js_error)?;
+            read_f32(encoded.place_maps.clone().slice([0..1, 0..1, 0..1])).await.map_err(js_error)?;
             Ok(out.into())
         }))
     }
 
-    fn embedding(&self) -> Result<Rc<ImageEmbedding>, JsValue> {
-        self.embedding.clone().ok_or_else(|| js_error(crate::Error::Prompt("open an image first".into())))
+    fn image(&self) -> Result<Rc<EncodedImage>, JsValue> {
+        self.image.clone().ok_or_else(|| js_error(crate::Error::Prompt("open an image first".into())))
     }
 
     /// Segments the object inside the box (image pixels). Resolves to
@@ -202,9 +202,9 @@ impl Engine {
     #[wasm_bindgen(js_name = segmentBox)]
     pub fn segment_box(&self, x0: f32, y0: f32, x1: f32, y1: f32) -> js_sys::Promise {
         let reasoner = Rc::clone(&self.reasoner);
-        let embedding = self.embedding();
+        let image = self.image();
         wasm_bindgen_futures::future_to_promise(async move {
-            let result = reasoner.segmenter().segment_box(&*embedding?, PixelBox::new(x0, y0, x1, y1)).await.map_err(js_error)?;
+            let result = reasoner.segmenter().segment_box(&image?.embedding, PixelBox::new(x0, y0, x1, y1)).await.map_err(js_error)?;
             Ok(segmentation_to_js(&result))
         })
     }
@@ -213,10 +213,10 @@ impl Engine {
     /// mask: Uint8Array (0/1), heatmap: Uint8Array, heatmapWidth, heatmapHeight}`.
     pub fn ask(&self, question: String) -> js_sys::Promise {
         let reasoner = Rc::clone(&self.reasoner);
-        let embedding = self.embedding();
+        let image = self.image();
         let last_answer = Rc::clone(&self.last_answer);
         wasm_bindgen_futures::future_to_promise(async move {
-            let answer = reasoner.ask(&*embedding?, &question).await.map_err(js_error)?;
+            let answer = reasoner.ask(&*image?, &question).await.map_err(js_error)?;
             let out = answer_to_js(&answer);
             last_answer.replace(Some(Rc::new(answer)));
             out

@@ -41,6 +41,7 @@ function showAnswer(data) {
       + `mask quality ${(s.score * 100).toFixed(0)} % (in ${(data.askMs / 1000).toFixed(1)} s). `
       + `Fusion weights [SEG]/[BBOX]/extra: mask ${weights(s.seg_weights)}, box ${weights(s.box_weights)}; `
       + `mask prompted by ${PROMPT_BOXES[s.box_source] ?? s.box_source}`
+      + `${s.box_scale !== 1 ? ` scaled ×${s.box_scale.toFixed(1)}` : ''}`
       + `${s.seg_token ? ' and the [SEG] token' : ''}; `
       + `${s.box_from === 'prompt' ? 'the box drawn is that prompt box' : 'the box drawn fits the mask'}.`
     : `Not found in this image (presence ${(s.presence * 100).toFixed(0)} %).`;

@@ -69,6 +69,7 @@ impl ReasonConfig {
             box_gate: Param::from_tensor(Tensor::ones([self.classes], device)).set_require_grad(false),
             map_gate: Param::from_tensor(Tensor::zeros([self.classes], device)).set_require_grad(false),
             prompt_box_gate: Param::from_tensor(Tensor::zeros([self.classes], device)).set_require_grad(false),
+            box_scale: Param::from_tensor(Tensor::ones([self.classes], device)).set_require_grad(false),
         }
     }
 }
@@ -101,6 +102,9 @@ pub struct ReasoningHeads {
     /// class, 0 where the tight box of the decoded mask is (see [`AnswerBox`]). Calibrated with
     /// the others; all 0 until then.
     pub prompt_box_gate: Param<Tensor<1>>,
+    /// `[classes]`: what the class's prompt box is scaled by (see [`BOX_SCALES`]). Calibrated
+    /// with the others; all 1 until then.
+    pub box_scale: Param<Tensor<1>>,
 }
 
 /// Which box an answer reports. The decoder reads the image, so the tight box of its mask is
@@ -132,6 +136,35 @@ impl AnswerBox {
         } else {
             0.0
         }
+    }
+}
+
+/// The factors the calibration may scale a class's prompt box by (its width and height, about
+/// its centre), the unit first. A place map thresholded at even odds tends to cover a structure's
+/// core and miss its rim, and the decoder seldom segments beyond the box it is given; an anchor
+/// can be too wide for a structure that varies in place.
+pub const BOX_SCALES: [f32; 5] = [1.0, 0.9, 1.1, 1.2, 1.3];
+
+/// The calibrated choices for one class ([`ReasoningHeads::class_gates`] holds them): how the
+/// decoder is prompted and which box the answer reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClassChoice {
+    pub prompt: DecoderPrompt,
+    /// The prompt box's width and height are multiplied by this (one of [`BOX_SCALES`]).
+    pub box_scale: f32,
+    pub answer_box: AnswerBox,
+}
+
+impl ClassChoice {
+    /// From the values [`ReasoningHeads::class_gates`] reads.
+    pub fn from_gates(gates: &[f32]) -> Self {
+        Self { prompt: DecoderPrompt::from_gates(&gates[..3]), answer_box: AnswerBox::from_gate(gates[3]), box_scale: gates[4] }
+    }
+
+    /// The values that give this choice back through [`Self::from_gates`].
+    pub fn gates(self) -> [f32; 5] {
+        let [seg, corrected, map] = self.prompt.gates();
+        [seg, corrected, map, self.answer_box.gate(), self.box_scale]
     }
 }
 
@@ -225,7 +258,7 @@ pub struct ReasonOutput {
     /// Last-layer hidden states of the K candidates, `[1, K, D]`.
     pub candidates: Tensor<3>,
     pub fused: Fused,
-    /// `[1, 4]` (cx, cy, w, h) in [0, 1] of the padded 256×256 input: the box prompt.
+    /// `[1, 4]` (cx, cy, w, h) in [0, 1] of the padded 256×256 input: the box prompt (scaled).
     pub box_cxcywh: Tensor<2>,
     /// `[1]`: logit that the structure is present.
     pub presence_logit: Tensor<1>,
@@ -237,8 +270,10 @@ pub struct ReasonOutput {
     pub target_logits: Tensor<2>,
     /// On the 64×64 embedding grid ("where the model looked").
     pub similarity: Similarity,
-    /// How the mask decoder was prompted (see [`ReasoningHeads::seg_gate`] and `box_gate`).
+    /// How the mask decoder was prompted (see [`ReasoningHeads::seg_gate`] and `box_gate`)…
     pub prompt: DecoderPrompt,
+    /// …and what its box was scaled by (see [`ReasoningHeads::box_scale`]).
+    pub box_scale: f32,
     pub decoder: MaskDecoderOutput,
 }
 
@@ -339,26 +374,33 @@ impl ReasoningHeads {
         place_maps.gather(1, rows).reshape([b, cells])
     }
 
-    /// The calibrated gates of the structure meant (the target distribution's top), `[seg token,
-    /// corrected box, map box, prompt box answered]` (batch 1; ≥ 0.5: open): how the decoder is
-    /// prompted ([`DecoderPrompt::from_gates`]) and which box the answer reports
-    /// ([`AnswerBox::from_gate`]).
+    /// The calibrated choices for the structure meant (the target distribution's top), `[seg
+    /// token, corrected box, map box, prompt box answered, box scale]` (batch 1; a gate ≥ 0.5 is
+    /// open), read by [`ClassChoice::from_gates`].
     pub fn class_gates(&self, target_logits: Tensor<2>) -> Tensor<1> {
-        let gates = Tensor::stack::<2>(vec![self.seg_gate.val(), self.box_gate.val(), self.map_gate.val(), self.prompt_box_gate.val()], 1);
-        gates.select(0, meant(target_logits)).reshape([4])
+        let gates = Tensor::stack::<2>(vec![self.seg_gate.val(), self.box_gate.val(), self.map_gate.val(), self.prompt_box_gate.val(), self.box_scale.val()], 1);
+        gates.select(0, meant(target_logits)).reshape([5])
     }
 
-    /// The mask decoder, prompted as `prompt` says with what [`Self::locate`] found.
-    pub fn decode(&self, sam: &LiteMedSam, embedding: Tensor<4>, candidates: Tensor<3>, located: Located, prompt: DecoderPrompt) -> ReasonOutput {
+    /// The mask decoder, prompted as `prompt` says with what [`Self::locate`] found, the box's
+    /// width and height multiplied by `box_scale`.
+    pub fn decode(&self, sam: &LiteMedSam, embedding: Tensor<4>, candidates: Tensor<3>, located: Located, prompt: DecoderPrompt, box_scale: f32) -> ReasonOutput {
         let Located { fused, similarity, box_cxcywh, anchor_cxcywh, map_box_cxcywh, presence_logit, class_logits, content_logits, target_logits, .. } = located;
         let box_cxcywh = match prompt.box_source {
             BoxSource::Corrected => box_cxcywh,
             BoxSource::Map => map_box_cxcywh.unwrap_or(anchor_cxcywh),
             BoxSource::Anchor => anchor_cxcywh,
         };
+        let box_cxcywh = if box_scale == 1.0 {
+            box_cxcywh
+        } else {
+            let [b, _] = box_cxcywh.dims();
+            let factors = Tensor::<1>::from_floats([1.0, 1.0, box_scale, box_scale], &box_cxcywh.device()).reshape([1, 4]).repeat_dim(0, b);
+            box_cxcywh * factors
+        };
         let token = prompt.seg_token.then(|| self.seg_prompt.forward(fused.seg.clone()));
         let decoder = sam.decode_boxes(embedding, cxcywh_to_xyxy(box_cxcywh.clone(), INPUT_SIZE as f64), token);
-        ReasonOutput { candidates, fused, similarity, box_cxcywh, presence_logit, class_logits, content_logits, target_logits, prompt, decoder }
+        ReasonOutput { candidates, fused, similarity, box_cxcywh, presence_logit, class_logits, content_logits, target_logits, prompt, box_scale, decoder }
     }
 
     /// The training graph for one image embedding (`[1, 256, 64, 64]`) and question layout:
@@ -366,7 +408,7 @@ impl ReasoningHeads {
     pub fn forward(&self, sam: &LiteMedSam, llm: &Llama, embedding: Tensor<4>, layout: &Layout) -> Result<ReasonOutput> {
         let candidates = self.candidate_states(llm, embedding.clone(), layout)?;
         let located = self.locate(embedding.clone(), candidates.clone(), None, None);
-        Ok(self.decode(sam, embedding, candidates, located, DecoderPrompt::FULL))
+        Ok(self.decode(sam, embedding, candidates, located, DecoderPrompt::FULL, 1.0))
     }
 }
 
@@ -494,17 +536,16 @@ mod tests {
         heads.box_gate = Param::from_tensor(Tensor::from_floats([0.0, 0.0, 1.0, 1.0, 1.0], &device));
         heads.map_gate = Param::from_tensor(Tensor::from_floats([0.0, 1.0, 0.0, 0.0, 1.0], &device));
         heads.prompt_box_gate = Param::from_tensor(Tensor::from_floats([0.0, 1.0, 0.0, 0.0, 1.0], &device));
+        heads.box_scale = Param::from_tensor(Tensor::from_floats([1.0, 1.2, 1.0, 0.9, 1.0], &device));
         let sure_of = |class: usize| {
             let logits: Vec<f32> = (0..5).map(|c| if c == class { 20.0 } else { 0.0 }).collect();
             Tensor::<1>::from_floats(logits.as_slice(), &device).reshape([1, 5])
         };
         let gates = |class: usize| heads.class_gates(sure_of(class)).into_data().try_to_vec::<f32>().unwrap();
-        let prompt = |class: usize| DecoderPrompt::from_gates(&gates(class));
         let expected = [(true, BoxSource::Anchor), (false, BoxSource::Map), (false, BoxSource::Corrected), (true, BoxSource::Corrected), (false, BoxSource::Map)];
-        for (class, (seg_token, box_source)) in expected.into_iter().enumerate() {
-            assert_eq!(prompt(class), DecoderPrompt { seg_token, box_source }, "class {class}");
+        for (class, ((seg_token, box_source), box_scale)) in expected.into_iter().zip([1.0, 1.2, 1.0, 0.9, 1.0]).enumerate() {
             let answer_box = if box_source == BoxSource::Map { AnswerBox::Prompt } else { AnswerBox::Mask };
-            assert_eq!(AnswerBox::from_gate(gates(class)[3]), answer_box, "class {class}");
+            assert_eq!(ClassChoice::from_gates(&gates(class)), ClassChoice { prompt: DecoderPrompt { seg_token, box_source }, box_scale, answer_box }, "class {class}");
         }
         for p in DecoderPrompt::ALL {
             assert_eq!(DecoderPrompt::from_gates(&p.gates()), p);
@@ -513,18 +554,21 @@ mod tests {
         let located = heads.locate(embedding.clone(), candidates.clone(), None, None);
         let anchor = located.anchor_cxcywh.clone().into_data().try_to_vec::<f32>().unwrap();
         let corrected = located.box_cxcywh.clone().into_data().try_to_vec::<f32>().unwrap();
-        let without = heads.decode(&sam, embedding.clone(), candidates.clone(), located.clone(), DecoderPrompt::ANCHOR);
+        let without = heads.decode(&sam, embedding.clone(), candidates.clone(), located.clone(), DecoderPrompt::ANCHOR, 1.0);
         assert_eq!(without.decoder.tokens.dims(), [1, 7, 256], "IoU + 4 mask tokens + 2 box corners, no seg token");
         assert_eq!(without.box_cxcywh.into_data().try_to_vec::<f32>().unwrap(), anchor);
         let map_prompt = DecoderPrompt { seg_token: false, box_source: BoxSource::Map };
-        let empty_map = heads.decode(&sam, embedding.clone(), candidates.clone(), located.clone(), map_prompt);
+        let empty_map = heads.decode(&sam, embedding.clone(), candidates.clone(), located.clone(), map_prompt, 1.0);
         assert_eq!(empty_map.box_cxcywh.into_data().try_to_vec::<f32>().unwrap(), anchor, "no map box: the anchor");
         let mut mapped = located.clone();
         mapped.map_box_cxcywh = Some(Tensor::<1>::from_floats([0.25, 0.5, 0.125, 0.25], &device).reshape([1, 4]));
-        let with_map = heads.decode(&sam, embedding.clone(), candidates.clone(), mapped, map_prompt);
+        let with_map = heads.decode(&sam, embedding.clone(), candidates.clone(), mapped, map_prompt, 1.0);
         assert_eq!(with_map.box_cxcywh.into_data().try_to_vec::<f32>().unwrap(), vec![0.25, 0.5, 0.125, 0.25]);
-        let with = heads.decode(&sam, embedding, candidates, located, DecoderPrompt::FULL);
+        let with = heads.decode(&sam, embedding.clone(), candidates.clone(), located.clone(), DecoderPrompt::FULL, 1.0);
         assert_eq!(with.decoder.tokens.dims(), [1, 8, 256]);
         assert_eq!(with.box_cxcywh.into_data().try_to_vec::<f32>().unwrap(), corrected);
+        let scaled = heads.decode(&sam, embedding, candidates, located, DecoderPrompt::FULL, 1.2).box_cxcywh.into_data().try_to_vec::<f32>().unwrap();
+        let expected = [corrected[0], corrected[1], corrected[2] * 1.2, corrected[3] * 1.2];
+        assert!(scaled.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-6), "scaled about its centre: {scaled:?} vs {expected:?}");
     }
 }

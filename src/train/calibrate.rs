@@ -26,7 +26,7 @@ use super::trainer::{select_images, select_images_except};
 use crate::ask::{answer_box, clean_question, Reasoner};
 use crate::image::PixelBox;
 use crate::error::Result;
-use crate::reason::{AnswerBox, BoxSource, DecoderPrompt};
+use crate::reason::{AnswerBox, BoxSource, ClassChoice, DecoderPrompt, BOX_SCALES};
 use crate::rng::SplitMix64;
 use crate::segment::read_f32;
 
@@ -38,27 +38,33 @@ pub const MIN_QUESTIONS_PER_CLASS: usize = 4;
 /// of the paired per-question differences, before a class leaves the anchor.
 pub const REQUIRED_STANDARD_ERRORS: f64 = 2.0;
 
-/// Mask IoU of one class's calibration questions under each prompt of [`DecoderPrompt::ALL`],
-/// and the box IoU of the two boxes an answer could report under it, `[mask's box, prompt box]`.
+/// What one calibration question's answer scores under one prompt and box scale: the mask's IoU,
+/// and the box IoU of the two boxes the answer could report, `[mask's box, prompt box]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Outcome {
+    pub mask_iou: f64,
+    pub box_ious: [f64; 2],
+}
+
+impl Outcome {
+    /// The mask and the box the answer reports, weighed alike (both are targets).
+    fn score(&self, answer_box: AnswerBox) -> f64 {
+        self.mask_iou + self.box_ious[answer_box_index(answer_box)]
+    }
+}
+
+fn answer_box_index(answer_box: AnswerBox) -> usize {
+    match answer_box {
+        AnswerBox::Mask => 0,
+        AnswerBox::Prompt => 1,
+    }
+}
+
+/// One class's calibration questions: each one's [`Outcome`] under every prompt of
+/// [`DecoderPrompt::ALL`] and every scale of [`BOX_SCALES`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GateEvidence {
-    pub ious: Vec<[f64; PROMPTS]>,
-    pub box_ious: Vec<[[f64; 2]; PROMPTS]>,
-}
-
-/// The calibrated choices of one class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClassChoice {
-    pub prompt: DecoderPrompt,
-    pub answer_box: AnswerBox,
-}
-
-impl ClassChoice {
-    /// The values of the class's gates (see [`crate::reason::ReasoningHeads::class_gates`]).
-    pub fn gates(self) -> [f32; 4] {
-        let [seg, corrected, map] = self.prompt.gates();
-        [seg, corrected, map, self.answer_box.gate()]
-    }
+    pub outcomes: Vec<[[Outcome; SCALES]; PROMPTS]>,
 }
 
 /// Mean and standard error of paired per-question differences.
@@ -73,40 +79,48 @@ fn mean_and_error(differences: &[f64]) -> (f64, f64) {
 }
 
 const PROMPTS: usize = DecoderPrompt::ALL.len();
+const SCALES: usize = BOX_SCALES.len();
+
+/// Index of the unit scale in [`BOX_SCALES`]: the prompt and the answer box are chosen there.
+const UNIT_SCALE: usize = 0;
 
 /// Index of the anchor alone in [`DecoderPrompt::ALL`]: the prompt of the text-only baseline.
 const ANCHOR_ONLY: usize = PROMPTS - 1;
 
 impl GateEvidence {
     fn add(&mut self, other: &GateEvidence) {
-        self.ious.extend_from_slice(&other.ious);
-        self.box_ious.extend_from_slice(&other.box_ious);
+        self.outcomes.extend_from_slice(&other.outcomes);
     }
 
     pub fn questions(&self) -> usize {
-        self.ious.len()
+        self.outcomes.len()
+    }
+
+    /// Each question's outcome under prompt `i`, its box unscaled.
+    fn unscaled(&self, i: usize) -> impl Iterator<Item = &Outcome> {
+        self.outcomes.iter().map(move |q| &q[i][UNIT_SCALE])
     }
 
     fn means(&self) -> [f64; PROMPTS] {
         let n = self.questions().max(1) as f64;
-        std::array::from_fn(|i| self.ious.iter().map(|q| q[i]).sum::<f64>() / n)
+        std::array::from_fn(|i| self.unscaled(i).map(|o| o.mask_iou).sum::<f64>() / n)
     }
 
     /// Mean and standard error of prompt `i`'s per-question gain over the anchor alone.
     fn gain_over_anchor(&self, i: usize) -> (f64, f64) {
-        mean_and_error(&self.ious.iter().map(|q| q[i] - q[ANCHOR_ONLY]).collect::<Vec<_>>())
+        mean_and_error(&self.unscaled(i).zip(self.unscaled(ANCHOR_ONLY)).map(|(o, anchor)| o.mask_iou - anchor.mask_iou).collect::<Vec<_>>())
     }
 
     /// Mean box IoU of the mask's box and of the prompt box under prompt `i`.
     fn box_means(&self, i: usize) -> [f64; 2] {
-        let n = self.box_ious.len().max(1) as f64;
-        [0, 1].map(|k| self.box_ious.iter().map(|q| q[i][k]).sum::<f64>() / n)
+        let n = self.questions().max(1) as f64;
+        [0, 1].map(|k| self.unscaled(i).map(|o| o.box_ious[k]).sum::<f64>() / n)
     }
 
     /// The mask's box, unless under prompt `i` the prompt box beats it by more than
     /// [`REQUIRED_STANDARD_ERRORS`].
     fn answer_box(&self, i: usize) -> AnswerBox {
-        let (gain, error) = mean_and_error(&self.box_ious.iter().map(|q| q[i][1] - q[i][0]).collect::<Vec<_>>());
+        let (gain, error) = mean_and_error(&self.unscaled(i).map(|o| o.box_ious[1] - o.box_ious[0]).collect::<Vec<_>>());
         if gain > REQUIRED_STANDARD_ERRORS * error {
             AnswerBox::Prompt
         } else {
@@ -114,10 +128,29 @@ impl GateEvidence {
         }
     }
 
-    /// [`Self::best`] prompt, and the answer box under it.
+    /// The unit scale, unless under prompt `i` and `answer_box` another scale raises the
+    /// [`Outcome::score`] by more than [`REQUIRED_STANDARD_ERRORS`]; then the best of those.
+    fn box_scale(&self, i: usize, answer_box: AnswerBox) -> f32 {
+        let means = self.scale_means(i, answer_box);
+        let clear = |s: usize| {
+            let (gain, error) = mean_and_error(&self.outcomes.iter().map(|q| q[i][s].score(answer_box) - q[i][UNIT_SCALE].score(answer_box)).collect::<Vec<_>>());
+            gain > REQUIRED_STANDARD_ERRORS * error
+        };
+        let best = (0..SCALES).filter(|&s| s != UNIT_SCALE && clear(s)).fold(UNIT_SCALE, |best, s| if best == UNIT_SCALE || means[s] > means[best] { s } else { best });
+        BOX_SCALES[best]
+    }
+
+    /// Mean [`Outcome::score`] under prompt `i` at each box scale.
+    fn scale_means(&self, i: usize, answer_box: AnswerBox) -> [f64; SCALES] {
+        let n = self.questions().max(1) as f64;
+        std::array::from_fn(|s| self.outcomes.iter().map(|q| q[i][s].score(answer_box)).sum::<f64>() / n)
+    }
+
+    /// [`Self::best`] prompt, the answer box under it, and then the box scale.
     fn choice(&self) -> ClassChoice {
         let prompt = self.best();
-        ClassChoice { prompt, answer_box: self.answer_box(prompt.index()) }
+        let answer_box = self.answer_box(prompt.index());
+        ClassChoice { prompt, answer_box, box_scale: self.box_scale(prompt.index(), answer_box) }
     }
 
     /// The anchor alone, unless another prompt beats it by more than
@@ -160,7 +193,8 @@ pub fn held_out_images(data: &Dataset, used_per_set: usize, seed: u64, per_set: 
 }
 
 /// Asks about every annotated structure of `images` (training phrasings) and compares the
-/// masks of the six prompts against the ground truth, per class.
+/// masks and boxes of the six prompts, each at every box scale, against the ground truth, per
+/// class.
 pub fn gate_evidence(reasoner: &Reasoner, data: &Dataset, images: &[&ImageItem], cache: &EmbeddingCache, seed: u64, log: &mut dyn FnMut(&str)) -> Result<BTreeMap<String, GateEvidence>> {
     cache.fill(reasoner.segmenter(), images, log)?;
     let device = reasoner.segmenter().device().clone();
@@ -168,28 +202,29 @@ pub fn gate_evidence(reasoner: &Reasoner, data: &Dataset, images: &[&ImageItem],
     let mut rng = SplitMix64::new(seed);
     let mut evidence: BTreeMap<String, GateEvidence> = BTreeMap::new();
     for (n, item) in images.iter().enumerate() {
-        let embedding = cache.load_embedding(item, &device)?;
+        let image = reasoner.read_embedding(cache.load_embedding(item, &device)?);
         for record in &item.objects {
             let Some(structure) = generator.knowledge().structure(&record.class) else { continue };
             let question = clean_question(&generator.positive(&structure, &mut rng).text)?;
-            let (candidates, mut located) = reasoner.locate(&embedding, &question)?;
+            let (candidates, mut located) = reasoner.locate(&image, &question)?;
             located.map_box_cxcywh = block_on(reasoner.map_box(&located))?;
             let target = Targets::load(&data.root, record)?;
             let target_box = xyxy(target.box_cxcywh);
-            let mut ious = [0.0; PROMPTS];
-            let mut box_ious = [[0.0; 2]; PROMPTS];
-            for ((iou, box_iou_pair), prompt) in ious.iter_mut().zip(&mut box_ious).zip(DecoderPrompt::ALL) {
-                let out = reasoner.decode(&embedding, candidates.clone(), located.clone(), prompt);
-                let logits = block_on(read_f32(out.decoder.low_res_masks))?;
-                *iou = mask_iou(&logits, &target.mask);
-                let [x0, y0, x1, y1] = xyxy(block_on(read_f32(out.box_cxcywh))?.try_into().expect("one box"));
-                let prompt_box = PixelBox::new(x0, y0, x1, y1);
-                let mask = answer_mask(&logits);
-                *box_iou_pair = [AnswerBox::Mask, AnswerBox::Prompt].map(|kind| box_iou(answer_box(kind, &mask, prompt_box).as_array(), target_box));
+            let mut outcomes = [[Outcome::default(); SCALES]; PROMPTS];
+            for (by_scale, prompt) in outcomes.iter_mut().zip(DecoderPrompt::ALL) {
+                for (outcome, box_scale) in by_scale.iter_mut().zip(BOX_SCALES) {
+                    let out = reasoner.decode(&image, candidates.clone(), located.clone(), prompt, box_scale);
+                    let logits = block_on(read_f32(out.decoder.low_res_masks))?;
+                    let [x0, y0, x1, y1] = xyxy(block_on(read_f32(out.box_cxcywh))?.try_into().expect("one box"));
+                    let prompt_box = PixelBox::new(x0, y0, x1, y1);
+                    let mask = answer_mask(&logits);
+                    *outcome = Outcome {
+                        mask_iou: mask_iou(&logits, &target.mask),
+                        box_ious: [AnswerBox::Mask, AnswerBox::Prompt].map(|kind| box_iou(answer_box(kind, &mask, prompt_box).as_array(), target_box)),
+                    };
+                }
             }
-            let entry = evidence.entry(record.class.clone()).or_default();
-            entry.ious.push(ious);
-            entry.box_ious.push(box_ious);
+            evidence.entry(record.class.clone()).or_default().outcomes.push(outcomes);
         }
         if n % 10 == 9 || n + 1 == images.len() {
             log(&format!("calibrate: {}/{} images", n + 1, images.len()));
@@ -202,12 +237,13 @@ pub fn gate_evidence(reasoner: &Reasoner, data: &Dataset, images: &[&ImageItem],
 pub fn describe(class_names: &[String], evidence: &BTreeMap<String, GateEvidence>, choices: &[ClassChoice]) -> Vec<String> {
     let header: Vec<String> = DecoderPrompt::ALL.iter().map(|p| format!("{:>9}", short_name(p))).collect();
     let mut lines = vec![format!(
-        "{:<28} {:>4} {}  {:>9} {:>9}  chosen (mean mask IoU per prompt, +t: with the seg token; box IoU of the mask's box and the prompt box under the chosen prompt)",
+        "{:<28} {:>4} {}  {:>9} {:>9}  {}  chosen (mean mask IoU per prompt, +t: with the seg token; box IoU of the mask's box and the prompt box under the chosen prompt; mask + answered box IoU per box scale)",
         "class",
         "n",
         header.join(" "),
         "mask box",
-        "prompt box"
+        "prompt box",
+        BOX_SCALES.map(|s| format!("{:>6}", format!("×{s}"))).join(" ")
     )];
     for (class, choice) in class_names.iter().zip(choices) {
         if let Some(e) = evidence.get(class) {
@@ -218,8 +254,10 @@ pub fn describe(class_names: &[String], evidence: &BTreeMap<String, GateEvidence
                 AnswerBox::Mask => "",
                 AnswerBox::Prompt => ", answers the prompt box",
             };
+            let scores = e.scale_means(choice.prompt.index(), choice.answer_box).map(|m| format!("{m:>6.3}")).join(" ");
+            let scaled = if choice.box_scale == 1.0 { String::new() } else { format!(" ×{}", choice.box_scale) };
             lines.push(format!(
-                "{class:<28} {:>4} {}  {mask_box:>9.3} {prompt_box:>9.3}  {}{answered}{pooled}",
+                "{class:<28} {:>4} {}  {mask_box:>9.3} {prompt_box:>9.3}  {scores}  {}{scaled}{answered}{pooled}",
                 e.questions(),
                 means.join(" "),
                 long_name(&choice.prompt)
@@ -253,17 +291,26 @@ fn box_name(source: BoxSource) -> &'static str {
 mod tests {
     use super::*;
 
-    /// `questions` questions whose IoUs under the six prompts ([`DecoderPrompt::ALL`]'s order)
-    /// are `means`, the first prompt's ± `spread` (half of them up, half down); under every
-    /// prompt the mask's box has IoU 0.6 and the prompt box 0.5.
+    /// `questions` questions whose mask IoUs under the six prompts ([`DecoderPrompt::ALL`]'s
+    /// order) are `means`, the first prompt's ± `spread` (half of them up, half down), at every
+    /// box scale alike; the mask's box has IoU 0.6 and the prompt box 0.5.
     fn evidence(questions: usize, means: [f64; PROMPTS], spread: f64) -> GateEvidence {
-        let ious = (0..questions)
+        let outcomes = (0..questions)
             .map(|q| {
                 let sign = if q % 2 == 0 { 1.0 } else { -1.0 };
-                std::array::from_fn(|i| means[i] + if i == 0 { sign * spread } else { 0.0 })
+                std::array::from_fn(|i| [Outcome { mask_iou: means[i] + if i == 0 { sign * spread } else { 0.0 }, box_ious: [0.6, 0.5] }; SCALES])
             })
             .collect();
-        GateEvidence { ious, box_ious: vec![[[0.6, 0.5]; PROMPTS]; questions] }
+        GateEvidence { outcomes }
+    }
+
+    /// Sets the box IoUs of prompt `i` at every scale, per question (`q` → `[mask's box, prompt box]`).
+    fn set_box_ious(e: &mut GateEvidence, i: usize, box_ious: impl Fn(usize) -> [f64; 2]) {
+        for (q, outcomes) in e.outcomes.iter_mut().enumerate() {
+            for outcome in &mut outcomes[i] {
+                outcome.box_ious = box_ious(q);
+            }
+        }
     }
 
     #[test]
@@ -280,6 +327,7 @@ mod tests {
         let choices = class_choices(&names, &table);
         assert_eq!(choices.iter().map(|c| c.prompt).collect::<Vec<_>>(), vec![anchor, DecoderPrompt::FULL, map, anchor, anchor]);
         assert!(choices.iter().all(|c| c.answer_box == AnswerBox::Mask), "the mask's box is better everywhere");
+        assert!(choices.iter().all(|c| c.box_scale == 1.0), "no scale does better than the box as it is");
         let lines = describe(&names, &table, &choices);
         assert!(lines.iter().any(|l| l.starts_with("rare") && l.ends_with("anchor (pooled)")), "{lines:?}");
         assert!(lines.iter().any(|l| l.starts_with("lesion") && l.ends_with("corrected box + seg token")), "{lines:?}");
@@ -302,24 +350,46 @@ mod tests {
     fn the_prompt_box_is_answered_only_where_it_is_clearly_better() {
         // The map box (index 3) is the chosen prompt.
         let mut clavicle = evidence(10, [0.1, 0.1, 0.1, 0.3, 0.1, 0.1], 0.0);
-        for (q, boxes) in clavicle.box_ious.iter_mut().enumerate() {
-            let spread = if q % 2 == 0 { 0.02 } else { -0.02 };
-            boxes[3] = [0.3 + spread, 0.6];
-        }
+        set_box_ious(&mut clavicle, 3, |q| [if q % 2 == 0 { 0.32 } else { 0.28 }, 0.6]);
         let choice = clavicle.choice();
         assert_eq!(choice.prompt.box_source, BoxSource::Map);
         assert_eq!(choice.answer_box, AnswerBox::Prompt);
-        assert_eq!(choice.gates(), [0.0, 0.0, 1.0, 1.0]);
+        assert_eq!(choice.gates(), [0.0, 0.0, 1.0, 1.0, 1.0]);
+        assert_eq!(ClassChoice::from_gates(&choice.gates()), choice);
         // The same mean gain, but inside the noise of the per-question differences.
-        for (q, boxes) in clavicle.box_ious.iter_mut().enumerate() {
-            boxes[3] = if q % 2 == 0 { [0.0, 0.9] } else { [0.6, 0.3] };
-        }
+        set_box_ious(&mut clavicle, 3, |q| if q % 2 == 0 { [0.0, 0.9] } else { [0.6, 0.3] });
         assert_eq!(clavicle.choice().answer_box, AnswerBox::Mask);
         // Clearly better under a prompt that was not chosen: still the mask's box.
         let mut other = evidence(10, [0.1, 0.1, 0.1, 0.3, 0.1, 0.1], 0.0);
-        for boxes in &mut other.box_ious {
-            boxes[0] = [0.1, 0.9];
-        }
+        set_box_ious(&mut other, 0, |_| [0.1, 0.9]);
         assert_eq!(other.choice().answer_box, AnswerBox::Mask);
+    }
+
+    /// A box scale other than 1 is chosen only where it raises the answer's mask + box IoU clear
+    /// of noise, under the chosen prompt and answer box; then the best such scale.
+    #[test]
+    fn the_box_is_scaled_only_where_that_clearly_helps() {
+        let grow = |e: &mut GateEvidence, prompt: usize, gains: [f64; SCALES], spread: f64| {
+            for (q, outcomes) in e.outcomes.iter_mut().enumerate() {
+                let sign = if q % 2 == 0 { 1.0 } else { -1.0 };
+                for (s, outcome) in outcomes[prompt].iter_mut().enumerate() {
+                    outcome.box_ious[0] += gains[s] + if s == UNIT_SCALE { 0.0 } else { sign * spread };
+                }
+            }
+        };
+        // The map box (index 3) is chosen; ×1.1 and ×1.2 help its answers' boxes, ×1.2 more.
+        let mut kidney = evidence(10, [0.1, 0.1, 0.1, 0.3, 0.1, 0.1], 0.0);
+        grow(&mut kidney, 3, [0.0, -0.1, 0.1, 0.2, 0.05], 0.01);
+        assert_eq!(kidney.choice().box_scale, 1.2);
+        let lines = describe(&["kidney".to_string()], &BTreeMap::from([("kidney".to_string(), kidney.clone())]), &[kidney.choice()]);
+        assert!(lines[1].ends_with("map box ×1.2"), "{lines:?}");
+        // The same gains under a prompt that is not chosen change nothing.
+        let mut other = evidence(10, [0.1, 0.1, 0.1, 0.3, 0.1, 0.1], 0.0);
+        grow(&mut other, 0, [0.0, -0.1, 0.1, 0.2, 0.05], 0.01);
+        assert_eq!(other.choice().box_scale, 1.0);
+        // Inside the noise: the box as it is.
+        let mut noisy = evidence(10, [0.1, 0.1, 0.1, 0.3, 0.1, 0.1], 0.0);
+        grow(&mut noisy, 3, [0.0, -0.1, 0.1, 0.2, 0.05], 0.5);
+        assert_eq!(noisy.choice().box_scale, 1.0);
     }
 }

@@ -20,13 +20,13 @@ use super::cache::EmbeddingCache;
 use super::dataset::{Dataset, ImageItem, Record, Split};
 use super::questions::{Phrasings, QuestionGenerator};
 use super::targets::Targets;
-use crate::ask::{answer_box, clean_question, sigmoid, Reasoner, SMALL_REGION_DECODER_PIXELS};
+use crate::ask::{answer_box, clean_question, sigmoid, EncodedImage, Reasoner, SMALL_REGION_DECODER_PIXELS};
 use crate::error::{Error, Result};
 use crate::image::{Mask, PixelBox};
 use crate::reason::knowledge::Knowledge;
 use crate::rng::SplitMix64;
 use crate::sam::INPUT_SIZE;
-use crate::segment::{read_f32, ImageEmbedding};
+use crate::segment::read_f32;
 use crate::weights::convert::ModelPaths;
 use crate::weights::Variant;
 
@@ -246,16 +246,16 @@ fn evaluate_variant(paths: &ModelPaths, config: &EvalConfig, variant: Variant, d
     let sam = reasoner.segmenter().model();
     let class_names = reasoner.knowledge().class_names();
     let mut result = VariantResult { overall: Default::default(), per_set: BTreeMap::new(), latency_ms: Vec::new(), answers: Vec::new() };
-    let mut current: Option<(&str, ImageEmbedding)> = None;
+    let mut current: Option<(&str, EncodedImage)> = None;
     for (n, case) in cases.iter().enumerate() {
         if current.as_ref().map(|c| c.0) != Some(case.item.id.as_str()) {
-            current = Some((&case.item.id, cache.load_embedding(case.item, &device)?));
+            current = Some((&case.item.id, reasoner.read_embedding(cache.load_embedding(case.item, &device)?)));
         }
-        let embedding = &current.as_ref().expect("set above").1;
-        let tensor = embedding.tensor.clone();
+        let image = &current.as_ref().expect("set above").1;
+        let tensor = image.embedding.tensor.clone();
         let set = case.item.data_set().to_string();
         let started = Instant::now();
-        let (out, box_from) = block_on(reasoner.forward(embedding, &clean_question(&case.question)?))?;
+        let (out, box_from) = block_on(reasoner.forward(image, &clean_question(&case.question)?))?;
         let presence_logit = block_on(read_f32(out.presence_logit))?[0];
         let found = presence_logit > 0.0;
         let target_logits = block_on(read_f32(out.target_logits))?;

@@ -347,6 +347,7 @@ impl Batched {
                 box_gate: heads.box_gate,
                 map_gate: heads.map_gate,
                 prompt_box_gate: heads.prompt_box_gate,
+                box_scale: heads.box_scale,
             },
         }
     }
@@ -675,6 +676,7 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         heads.box_gate = gate(1);
         heads.map_gate = gate(2);
         heads.prompt_box_gate = gate(3);
+        heads.box_scale = gate(4);
         state.calibrated = true;
     }
     // Saved again so that a finished run rewritten by a newer medsee gets the current format.
