@@ -293,7 +293,7 @@ impl QuestionGenerator {
 
 #[cfg(test)]
 mod tests {
-    use super::super::dataset::{Dataset, Record, Split};
+    use super::super::dataset::{Dataset, Split};
     use super::*;
 
     fn generator(phrasings: Phrasings) -> QuestionGenerator {
@@ -301,26 +301,7 @@ mod tests {
     }
 
     fn chest_xray() -> ImageItem {
-        let record = |class: &str| Record {
-            id: "x/1".into(),
-            set: "x".into(),
-            modality: "xray".into(),
-            image: "images/x/1.png".into(),
-            masks: vec![format!("masks/x/1__{class}.png")],
-            class: class.into(),
-            width: 100,
-            height: 100,
-            bbox: [1, 1, 50, 50],
-            area: 100,
-            split: Split::Train,
-        };
-        ImageItem {
-            id: "x/1".into(),
-            modality: "xray".into(),
-            image: "images/x/1.png".into(),
-            split: Split::Train,
-            objects: vec![record("heart"), record("left_lung"), record("right_clavicle")],
-        }
+        ImageItem::fixture("x", "xray", &["heart", "left_lung", "right_clavicle"])
     }
 
     fn others() -> Vec<(String, Vec<String>)> {
