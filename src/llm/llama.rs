@@ -490,18 +490,22 @@ mod tests {
         Tensor::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), &Device::flex())
     }
 
-    /// The model with every matrix rounded to 4-bit blocks (the output head to `Q4_0`, the
-    /// others to `Q4_1`, as shipped): once with the blocks attached, once with only their f32
-    /// expansion, which is what Burn computes with.
+    /// The model with every matrix drawn from a fixed seed and rounded to 4-bit blocks (the
+    /// output head to `Q4_0`, the others to `Q4_1`, as shipped): once with the blocks attached,
+    /// once with only their f32 expansion, which is what Burn computes with. The seed is ours,
+    /// not Burn's: its generator is one process-wide state that parallel tests draw from, so a
+    /// model made from it differs from run to run and so would the rounding error measured.
     fn tiny_in_blocks() -> (Llama, Llama) {
         use crate::weights::gguf::{dequantize, quantize, TensorType};
         let device = Device::flex();
         let mut model = tiny();
         let mut blocks = BTreeMap::new();
+        let mut rng = crate::rng::SplitMix64::new(0x11a3a);
         let mut round = |name: String, linear: &mut Linear, kind: TensorType| {
             let [inputs, outputs] = linear.weight.dims();
-            let values = linear.weight.val().into_data().try_to_vec::<f32>().unwrap();
-            let rows: Vec<f32> = (0..outputs).flat_map(|o| (0..inputs).map(move |i| (o, i))).map(|(o, i)| values[i * outputs + o]).collect();
+            // Burn's default range for a linear layer: uniform within ±1/√inputs.
+            let bound = 1.0 / (inputs as f64).sqrt();
+            let rows: Vec<f32> = (0..inputs * outputs).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
             let raw = quantize(kind, &rows);
             let expanded = dequantize(kind, &raw);
             let weight: Vec<f32> = (0..inputs).flat_map(|i| (0..outputs).map(move |o| (i, o))).map(|(i, o)| expanded[o * inputs + i]).collect();
