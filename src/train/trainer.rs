@@ -80,6 +80,8 @@ const STATE_FILE: &str = "reason-heads.json";
 const CURVES_FILE: &str = "train-curves.csv";
 const CURVES_PLOT: &str = "train-curves.png";
 const PLACE_CURVE_FILE: &str = "place-curves.csv";
+/// Every calibration question's outcome under every prompt and box scale, per class.
+const CALIBRATION_FILE: &str = "calibration.json";
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct TrainState {
@@ -663,6 +665,9 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         let reasoner = Reasoner::load(paths, Variant::F32, Some(&heads_path))?;
         log(&format!("calibrate: decoder prompt per class on {} held-out training images", held_out.len()));
         let evidence = calibrate::gate_evidence(&reasoner, &data, &held_out, &cache, config.seed, log)?;
+        // Kept, so that the decisions can be audited and other rules tried without decoding again.
+        let evidence_path = config.output_dir.join(CALIBRATION_FILE);
+        std::fs::write(&evidence_path, serde_json::to_vec(&evidence).map_err(|e| Error::Other(format!("calibration evidence: {e}")))?).map_err(|e| Error::io(&evidence_path, e))?;
         let class_names = reasoner.knowledge().class_names();
         let choices = calibrate::class_choices(&class_names, &evidence);
         for line in calibrate::describe(&class_names, &evidence, &choices) {
