@@ -44,10 +44,10 @@ pub const MIN_QUESTIONS_PER_CLASS: usize = 10;
 /// This and [`MIN_QUESTIONS_PER_CLASS`] were chosen by leave-one-out over the calibration
 /// questions (`scripts/calibration-loo.py` on the `calibration.json` a run writes; the shipped
 /// heads' is `benches/results/calibration.json`): each question answered with the choices the
-/// others make. Of 448 questions, one standard error and classes
-/// alone from 10 answered 387 boxes within IoU 0.5 (mean mask + box IoU 1.441); the former two
-/// and 4, 379 (1.420); three, 370–375. Pooling a small class with its data set's classes first
-/// did no better (386, 1.438).
+/// others make. Of 448 questions, one standard error and classes alone from 10 answered 387
+/// boxes within IoU 0.5 (mean mask + box IoU 1.441); the former two and 4, 379 (1.420); three,
+/// 370–375. Pooling a small class with its data set's classes first did no better on the same
+/// evidence (386, 1.438).
 pub const REQUIRED_STANDARD_ERRORS: f64 = 1.0;
 
 /// What one calibration question's answer scores under one prompt and box scale: the mask's IoU,
