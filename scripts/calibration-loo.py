@@ -4,8 +4,8 @@
 Reads the `calibration.json` a `medsee train` run writes (every held-out question's outcome
 under every decoder prompt and box scale, per class) and answers each question with the choices
 the other questions make, for several required margins (in standard errors) and numbers of
-questions from which a class decides alone. Prints box Acc@0.5 and the mean mask + answered box IoU per rule.
-The rule mirrors calibrate.rs; keep the two in step.
+questions from which a class decides alone. Prints box Acc@0.5 and the mean mask + answered box
+IoU per rule. The rule mirrors calibrate.rs; keep the two in step.
 
     python3 scripts/calibration-loo.py benches/results/calibration.json
 """
@@ -82,6 +82,7 @@ def main():
         for alone in (4, MIN_QUESTIONS_PER_CLASS, 20):
             boxes, score, n = leave_one_out(evidence, margin, alone)
             print(f"{margin:>11} {alone:>10} {boxes:>4}/{n:<4} {score:>15.4f}")
+
 
 if __name__ == "__main__":
     main()
