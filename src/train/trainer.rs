@@ -669,8 +669,9 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         let evidence_path = config.output_dir.join(CALIBRATION_FILE);
         std::fs::write(&evidence_path, serde_json::to_vec(&evidence).map_err(|e| Error::Other(format!("calibration evidence: {e}")))?).map_err(|e| Error::io(&evidence_path, e))?;
         let class_names = reasoner.knowledge().class_names();
-        let choices = calibrate::class_choices(&class_names, &evidence);
-        for line in calibrate::describe(&class_names, &evidence, &choices) {
+        let rule = calibrate::DecisionRule::SHIPPED;
+        let choices = calibrate::class_choices(&class_names, &evidence, rule);
+        for line in calibrate::describe(&class_names, &evidence, &choices, rule).into_iter().chain(calibrate::describe_leave_one_out(&evidence, rule)) {
             log(&format!("calibrate: {line}"));
         }
         let gate = |index: usize| {
