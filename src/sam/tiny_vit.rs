@@ -12,7 +12,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::common::{gelu, LayerNorm2d};
+use super::common::{gelu, linear, pointwise, LayerNorm2d};
 
 /// Shape of the encoder. `Default` is LiteMedSAM's TinyViT-5M.
 #[derive(Debug, Clone)]
@@ -114,21 +114,6 @@ fn conv(c_in: usize, c_out: usize, kernel: usize, stride: usize, groups: usize, 
         .with_groups(groups)
         .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
         .init(device)
-}
-
-/// A 1×1 convolution as a matrix product over channels: the same numbers, but GPU backends run
-/// their tiled matmul kernel instead of a generic direct convolution (the pointwise convolutions
-/// of the full-resolution first stage are most of the encoder's work).
-fn pointwise(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let [batch, c_in, h, w] = x.dims();
-    let weight = conv.weight.val();
-    let c_out = weight.dims()[0];
-    let y = weight.reshape([1, c_out, c_in]).matmul(x.reshape([batch, c_in, h * w]));
-    let y = match &conv.bias {
-        Some(bias) => y + bias.val().reshape([1, c_out, 1]),
-        None => y,
-    };
-    y.reshape([batch, c_out, h, w])
 }
 
 #[derive(Module, Debug)]
@@ -295,9 +280,7 @@ impl WindowAttention {
         let heads = self.num_heads;
         let head_dim = channels / heads;
         // The reference lays q, k, v out per head: [head][q | k | v].
-        let qkv = self
-            .qkv
-            .forward(self.norm.forward(x))
+        let qkv = linear(&self.qkv, self.norm.forward(x))
             .reshape([windows, n, heads, 3 * head_dim])
             .swap_dims(1, 2);
         let q = qkv.clone().narrow(3, 0, head_dim);
@@ -310,7 +293,7 @@ impl WindowAttention {
             .reshape([1, heads, n, n]);
         let scores = q.matmul(k.swap_dims(2, 3)) * (head_dim as f64).powf(-0.5) + bias;
         let out = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([windows, n, channels]);
-        self.proj.forward(out)
+        linear(&self.proj, out)
     }
 }
 
@@ -346,7 +329,7 @@ pub struct TinyVitMlp {
 
 impl TinyVitMlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.fc2.forward(gelu(self.fc1.forward(self.norm.forward(x))))
+        linear(&self.fc2, gelu(linear(&self.fc1, self.norm.forward(x))))
     }
 }
 

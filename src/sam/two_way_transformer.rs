@@ -6,6 +6,8 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::{relu, softmax};
 use burn::tensor::{Device, Tensor};
 
+use super::common::linear;
+
 #[derive(Debug, Clone)]
 pub struct TwoWayTransformerConfig {
     pub depth: usize,
@@ -72,13 +74,13 @@ impl Attention {
     }
 
     fn forward(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
-        let q = self.separate_heads(self.q_proj.forward(q));
-        let k = self.separate_heads(self.k_proj.forward(k));
-        let v = self.separate_heads(self.v_proj.forward(v));
+        let q = self.separate_heads(linear(&self.q_proj, q));
+        let k = self.separate_heads(linear(&self.k_proj, k));
+        let v = self.separate_heads(linear(&self.v_proj, v));
         let [batch, heads, tokens, head_dim] = q.dims();
         let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
         let out = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([batch, tokens, heads * head_dim]);
-        self.out_proj.forward(out)
+        linear(&self.out_proj, out)
     }
 }
 
@@ -115,7 +117,7 @@ impl TwoWayAttentionBlock {
         let queries = self.norm2.forward(queries + self.cross_attn_token_to_image.forward(q, k.clone(), keys.clone()));
 
         // (3) MLP on the tokens.
-        let mlp = self.mlp_lin2.forward(relu(self.mlp_lin1.forward(queries.clone())));
+        let mlp = linear(&self.mlp_lin2, relu(linear(&self.mlp_lin1, queries.clone())));
         let queries = self.norm3.forward(queries + mlp);
 
         // (4) the image attends to the tokens.
