@@ -67,7 +67,7 @@ impl Mlp {
 
 /// Whether `x` is an f32 tensor on Burn's CPU backend without autodiff: where this module's own
 /// CPU kernels run instead of Burn's.
-fn on_plain_cpu<const D: usize>(x: &Tensor<D>) -> bool {
+pub(super) fn on_plain_cpu<const D: usize>(x: &Tensor<D>) -> bool {
     let device = x.device();
     device == Device::flex() && !device.is_autodiff() && x.dtype() == DType::F32
 }
@@ -133,13 +133,13 @@ pub fn pointwise(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// An f32 tensor's values on the CPU backend in row-major order: read in place where the tensor
 /// is contiguous — `into_data` copies a shared tensor's values (the weights; a residual's input)
 /// out and then again to realign them — else gathered into a copy.
-enum CpuValues {
+pub(super) enum CpuValues {
     InPlace(FlexTensor),
     Gathered(TensorData),
 }
 
 impl CpuValues {
-    fn of<const D: usize>(x: Tensor<D>) -> Self {
+    pub(super) fn of<const D: usize>(x: Tensor<D>) -> Self {
         let tensor = x.try_into_primitive::<Flex>().expect("on_plain_cpu checked the backend");
         if tensor.layout().contiguous_offsets().is_some() {
             Self::InPlace(tensor)
@@ -148,7 +148,7 @@ impl CpuValues {
         }
     }
 
-    fn as_slice(&self) -> &[f32] {
+    pub(super) fn as_slice(&self) -> &[f32] {
         match self {
             Self::InPlace(tensor) => {
                 let (start, end) = tensor.layout().contiguous_offsets().expect("checked in `of`");

@@ -12,7 +12,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::common::{gelu, linear, pointwise, LayerNorm2d};
+use super::common::{gelu, linear, on_plain_cpu, pointwise, CpuValues, LayerNorm2d};
 
 /// Shape of the encoder. `Default` is LiteMedSAM's TinyViT-5M.
 #[derive(Debug, Clone)]
@@ -280,21 +280,89 @@ impl WindowAttention {
         let heads = self.num_heads;
         let head_dim = channels / heads;
         // The reference lays q, k, v out per head: [head][q | k | v].
-        let qkv = linear(&self.qkv, self.norm.forward(x))
-            .reshape([windows, n, heads, 3 * head_dim])
-            .swap_dims(1, 2);
-        let q = qkv.clone().narrow(3, 0, head_dim);
-        let k = qkv.clone().narrow(3, head_dim, head_dim);
-        let v = qkv.narrow(3, 2 * head_dim, head_dim);
-        let bias = self
-            .attention_biases
-            .val()
-            .select(1, self.bias_index.clone())
-            .reshape([1, heads, n, n]);
-        let scores = q.matmul(k.swap_dims(2, 3)) * (head_dim as f64).powf(-0.5) + bias;
-        let out = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([windows, n, channels]);
+        let qkv = linear(&self.qkv, self.norm.forward(x));
+        let bias = self.attention_biases.val().select(1, self.bias_index.clone()).reshape([heads, n, n]);
+        let scale = (head_dim as f64).powf(-0.5);
+        let shape = WindowShape { windows, tokens: n, heads, head_dim };
+        let out = if on_plain_cpu(&qkv) && on_plain_cpu(&bias) {
+            let out = window_attention_cpu(CpuValues::of(qkv).as_slice(), CpuValues::of(bias).as_slice(), scale as f32, shape);
+            Tensor::from_data(TensorData::new(out, [windows, n, channels]), &self.bias_index.device())
+        } else {
+            window_attention(qkv, bias, scale, shape)
+        };
         linear(&self.proj, out)
     }
+}
+
+/// `softmax(q·kᵀ·scale + bias)·v` per window and head, from `qkv` (`[windows, N, heads·(q|k|v)]`)
+/// and the gathered position biases (`[heads, N, N]`) to `[windows, N, heads·head_dim]`.
+fn window_attention(qkv: Tensor<3>, bias: Tensor<3>, scale: f64, shape: WindowShape) -> Tensor<3> {
+    let WindowShape { windows, tokens: n, heads, head_dim } = shape;
+    let qkv = qkv.reshape([windows, n, heads, 3 * head_dim]).swap_dims(1, 2);
+    let q = qkv.clone().narrow(3, 0, head_dim);
+    let k = qkv.clone().narrow(3, head_dim, head_dim);
+    let v = qkv.narrow(3, 2 * head_dim, head_dim);
+    let scores = q.matmul(k.swap_dims(2, 3)) * scale + bias.unsqueeze();
+    softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([windows, n, heads * head_dim])
+}
+
+#[derive(Debug, Clone, Copy)]
+struct WindowShape {
+    windows: usize,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+}
+
+/// [`window_attention`] on the CPU, straight into the output's layout, with each window's scores
+/// in one reused buffer.
+/// Burn's ops make each step a pass over all windows' scores, each output buffer zero-filled and
+/// copied (see `common::linear`), and hand the small products to `gemm`'s threads one by one;
+/// here the threads take whole windows.
+fn window_attention_cpu(qkv: &[f32], bias: &[f32], scale: f32, shape: WindowShape) -> Vec<f32> {
+    let WindowShape { windows, tokens: n, heads, head_dim: d } = shape;
+    let (qkv_row, out_row) = (heads * 3 * d, heads * d);
+    assert_eq!(qkv.len(), windows * n * qkv_row, "qkv shape");
+    assert_eq!(bias.len(), heads * n * n, "bias shape");
+    let mut out = vec![0.0f32; windows * n * out_row];
+    let attend = |scores: &mut Vec<f32>, (window, out): (usize, &mut [f32])| {
+        let qkv = &qkv[window * n * qkv_row..][..n * qkv_row];
+        for head in 0..heads {
+            let (q, k, v) = (&qkv[head * 3 * d..], &qkv[head * 3 * d + d..], &qkv[head * 3 * d + 2 * d..]);
+            scores.clear();
+            scores.extend_from_slice(&bias[head * n * n..][..n * n]);
+            // SAFETY (both): every row and column the strides reach lies inside `qkv`'s window,
+            // `scores` (n×n) and `out`'s window (n rows of `out_row`), as the asserts above hold.
+            unsafe {
+                // scores = bias + scale · q·kᵀ
+                gemm::gemm(n, n, d, scores.as_mut_ptr(), 1, n as isize, true, q.as_ptr(), 1, qkv_row as isize, k.as_ptr(), qkv_row as isize, 1, 1.0, scale, false, false, false, gemm::Parallelism::None);
+            }
+            for row in scores.chunks_mut(n) {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for s in row.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                row.iter_mut().for_each(|s| *s /= sum);
+            }
+            unsafe {
+                // this head's columns of out = softmax(scores)·v
+                gemm::gemm(n, d, n, out[head * d..].as_mut_ptr(), 1, out_row as isize, false, scores.as_ptr(), 1, n as isize, v.as_ptr(), 1, qkv_row as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
+            }
+        }
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        out.par_chunks_mut(n * out_row).enumerate().for_each_init(|| Vec::with_capacity(n * n), |scores, item| attend(scores, item));
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let mut scores = Vec::with_capacity(n * n);
+        out.chunks_mut(n * out_row).enumerate().for_each(|item| attend(&mut scores, item));
+    }
+    out
 }
 
 /// For every pair of cells in a `w×w` window, the index of their (|dy|, |dx|) offset, numbered
@@ -393,6 +461,26 @@ impl TinyVitBlock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The CPU window attention against the same attention in Burn's ops, on windows of two
+    /// sizes with random values; a bias misplaced by one head or a key read from
+    /// the value's columns would move it far beyond the bound.
+    #[test]
+    fn the_cpu_window_attention_equals_burns_ops() {
+        let device = Device::flex();
+        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+        for shape in [WindowShape { windows: 3, tokens: 49, heads: 2, head_dim: 8 }, WindowShape { windows: 2, tokens: 16, heads: 5, head_dim: 4 }] {
+            let WindowShape { windows, tokens: n, heads, head_dim } = shape;
+            let qkv = Tensor::<3>::random([windows, n, heads * 3 * head_dim], normal, &device);
+            let bias = Tensor::<3>::random([heads, n, n], normal, &device);
+            let scale = (head_dim as f64).powf(-0.5);
+            let want = window_attention(qkv.clone(), bias.clone(), scale, shape).into_data().try_into_vec::<f32>().expect("f32");
+            let got = window_attention_cpu(&qkv.into_data().try_into_vec::<f32>().expect("f32"), &bias.into_data().try_into_vec::<f32>().expect("f32"), scale as f32, shape);
+            assert_eq!(got.len(), want.len());
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-5, "max |Δ| {worst}");
+        }
+    }
 
     #[test]
     fn offset_index_matches_levit_enumeration() {
