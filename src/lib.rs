@@ -8,6 +8,7 @@
 //! [`weights`] holds everything that knows checkpoint formats and key names.
 
 pub mod ask;
+pub mod cpu;
 pub mod device_check;
 pub mod error;
 #[cfg(not(target_arch = "wasm32"))]

@@ -3,9 +3,9 @@
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::relu;
-use burn::backend::flex::FlexTensor;
-use burn::backend::Flex;
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::cpu::{linear, matmul_onto_bias, on_plain_cpu, Bias, CpuValues, Operand};
 
 /// Layer norm over the channel axis of an NCHW tensor (ConvNeXt / detectron2 `LayerNorm2d`).
 #[derive(Module, Debug)]
@@ -65,37 +65,6 @@ impl Mlp {
     }
 }
 
-/// Whether `x` is an f32 tensor on Burn's CPU backend without autodiff: where this module's own
-/// CPU kernels run instead of Burn's.
-pub(super) fn on_plain_cpu<const D: usize>(x: &Tensor<D>) -> bool {
-    let device = x.device();
-    device == Device::flex() && !device.is_autodiff() && x.dtype() == DType::F32
-}
-
-/// A linear layer, `x·W + b` over the last axis. On the CPU, one `gemm` call writes the product
-/// onto the bias in a buffer of our own: Burn's CPU matmul zero-fills its output buffer and then
-/// copies it whole to realign it (burn-flex 0.22.1's `FlexTensor::empty`), and the bias is
-/// another pass over the output. Elsewhere, Burn's.
-pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
-    let weight = layer.weight.val();
-    if !on_plain_cpu(&x) || !on_plain_cpu(&weight) {
-        return layer.forward(x);
-    }
-    let device = x.device();
-    let [d_in, d_out] = weight.dims();
-    let mut dims = x.dims();
-    let rows = dims[..D - 1].iter().product();
-    dims[D - 1] = d_out;
-    let (input, weight) = (CpuValues::of(x), CpuValues::of(weight));
-    let bias = layer.bias.as_ref().map(|b| CpuValues::of(b.val()));
-    let out = matmul_onto_bias(
-        Operand { values: input.as_slice(), rows, columns: d_in },
-        Operand { values: weight.as_slice(), rows: d_in, columns: d_out },
-        bias.as_ref().map(|b| Bias::PerColumn(b.as_slice())),
-    );
-    Tensor::from_data(TensorData::new(out, dims), &device)
-}
-
 /// A 1×1 convolution of an NCHW tensor as one matrix product per image, `W·X + b` (the bias per
 /// output channel): the same numbers as the convolution. On the CPU through
 /// [`matmul_onto_bias`], as [`linear`]; elsewhere Burn's matmul, which GPU backends run as their
@@ -128,85 +97,6 @@ pub fn pointwise(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
         all
     });
     Tensor::from_data(TensorData::new(out.unwrap_or_default(), [batch, c_out, h, w]), &device)
-}
-
-/// An f32 tensor's values on the CPU backend in row-major order: read in place where the tensor
-/// is contiguous — `into_data` copies a shared tensor's values (the weights; a residual's input)
-/// out and then again to realign them — else gathered into a copy.
-pub(super) enum CpuValues {
-    InPlace(FlexTensor),
-    Gathered(TensorData),
-}
-
-impl CpuValues {
-    pub(super) fn of<const D: usize>(x: Tensor<D>) -> Self {
-        let tensor = x.try_into_primitive::<Flex>().expect("on_plain_cpu checked the backend");
-        if tensor.layout().contiguous_offsets().is_some() {
-            Self::InPlace(tensor)
-        } else {
-            Self::Gathered(tensor.into_data())
-        }
-    }
-
-    pub(super) fn as_slice(&self) -> &[f32] {
-        match self {
-            Self::InPlace(tensor) => {
-                let (start, end) = tensor.layout().contiguous_offsets().expect("checked in `of`");
-                &tensor.storage::<f32>()[start..end]
-            }
-            Self::Gathered(data) => data.as_slice::<f32>().expect("f32 checked by on_plain_cpu"),
-        }
-    }
-}
-
-/// A row-major matrix.
-struct Operand<'a> {
-    values: &'a [f32],
-    rows: usize,
-    columns: usize,
-}
-
-/// A bias added to every row (one value per column) or to every column (one per row).
-enum Bias<'a> {
-    PerColumn(&'a [f32]),
-    PerRow(&'a [f32]),
-}
-
-/// `lhs · rhs + bias`, row-major, computed by `gemm` straight into the returned buffer.
-fn matmul_onto_bias(lhs: Operand, rhs: Operand, bias: Option<Bias>) -> Vec<f32> {
-    let (m, k, n) = (lhs.rows, lhs.columns, rhs.columns);
-    assert_eq!(k, rhs.rows, "inner dimensions");
-    assert!(lhs.values.len() >= m * k && rhs.values.len() >= k * n, "operands shorter than their shapes");
-    let mut out = Vec::with_capacity(m * n);
-    match bias {
-        Some(Bias::PerColumn(b)) => {
-            assert_eq!(b.len(), n, "bias length");
-            (0..m).for_each(|_| out.extend_from_slice(b));
-        }
-        Some(Bias::PerRow(b)) => {
-            assert_eq!(b.len(), m, "bias length");
-            b.iter().for_each(|&v| out.resize(out.len() + n, v));
-        }
-        None => out.resize(m * n, 0.0),
-    }
-    // As Burn's CPU matmul: split over the threads from this size on.
-    #[cfg(not(target_arch = "wasm32"))]
-    let parallelism = if m * n * k >= 192 * 192 * 192 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
-    #[cfg(target_arch = "wasm32")]
-    let parallelism = gemm::Parallelism::None;
-    // SAFETY: the three buffers hold `m×n`, `m×k` and `k×n` values (checked above), and the
-    // strides describe them row-major.
-    unsafe {
-        gemm::gemm(
-            m, n, k,
-            out.as_mut_ptr(), 1, n as isize, true,
-            lhs.values.as_ptr(), 1, k as isize,
-            rhs.values.as_ptr(), 1, n as isize,
-            1.0, 1.0, false, false, false,
-            parallelism,
-        );
-    }
-    out
 }
 
 /// GELU in its exact (erf) form, as PyTorch's default. On the CPU it runs over the tensor's
@@ -330,30 +220,6 @@ mod tests {
         }
     }
 
-    /// The largest difference between two tensors, relative to 1 + the larger value.
-    fn max_relative_difference<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        ((a.clone() - b.clone()).abs() / (a.abs().max_pair(b.abs()) + 1.0)).max().into_scalar::<f32>()
-    }
-
-    /// The CPU `linear` against Burn's: with and without a bias, on a tensor of its own, a shared
-    /// one, and a strided view (read through a copy).
-    #[test]
-    fn linear_on_the_cpu_equals_burns() {
-        let device = Device::flex();
-        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
-        for bias in [true, false] {
-            let layer = LinearConfig::new(70, 33).with_bias(bias).init(&device);
-            let layer = Linear { bias: layer.bias.map(|b| b.map(|t| t.random_like(normal))), ..layer };
-            let x = Tensor::<3>::random([3, 50, 70], normal, &device);
-            let shared = x.clone();
-            assert!(max_relative_difference(linear(&layer, x.clone()), layer.forward(x.clone())) < 1e-5);
-            let strided = Tensor::<3>::random([3, 70, 50], normal, &device).swap_dims(1, 2);
-            assert!(max_relative_difference(linear(&layer, strided.clone()), layer.forward(strided)) < 1e-5);
-            assert_eq!(shared.into_data(), x.into_data(), "the input is left as it was");
-        }
-    }
-
     /// The CPU 1×1 convolution against Burn's convolution, over two images, with and without a
     /// bias.
     #[test]
@@ -364,7 +230,7 @@ mod tests {
             let conv = burn::nn::conv::Conv2dConfig::new([12, 20], [1, 1]).with_bias(bias).init(&device);
             let conv = burn::nn::conv::Conv2d { bias: conv.bias.map(|b| b.map(|t| t.random_like(normal))), ..conv };
             let x = Tensor::<4>::random([2, 12, 9, 11], normal, &device);
-            assert!(max_relative_difference(pointwise(&conv, x.clone()), conv.forward(x)) < 1e-5);
+            assert!(crate::cpu::tests::max_relative_difference(pointwise(&conv, x.clone()), conv.forward(x)) < 1e-5);
         }
     }
 

@@ -12,7 +12,8 @@ use burn::tensor::activation::softmax;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::common::{gelu, linear, on_plain_cpu, pointwise, CpuValues, LayerNorm2d};
+use super::common::{gelu, pointwise, LayerNorm2d};
+use crate::cpu::{linear, on_plain_cpu, CpuValues};
 
 /// Shape of the encoder. `Default` is LiteMedSAM's TinyViT-5M.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::{relu, softmax};
 use burn::tensor::{Device, Tensor};
 
-use super::common::linear;
+use crate::cpu::linear;
 
 #[derive(Debug, Clone)]
 pub struct TwoWayTransformerConfig {
