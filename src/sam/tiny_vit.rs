@@ -315,11 +315,10 @@ struct WindowShape {
     head_dim: usize,
 }
 
-/// [`window_attention`] on the CPU, straight into the output's layout, with each window's scores
-/// in one reused buffer.
-/// Burn's ops make each step a pass over all windows' scores, each output buffer zero-filled and
-/// copied (see `common::linear`), and hand the small products to `gemm`'s threads one by one;
-/// here the threads take whole windows.
+/// [`window_attention`] on the CPU, straight into the output's layout, each window's scores in
+/// one reused buffer and the threads taking whole windows. Burn's ops make each step a pass over
+/// every window's scores into a fresh zero-filled, realigned buffer (see [`crate::cpu`]), and
+/// hand the small products to `gemm`'s threads one by one.
 fn window_attention_cpu(qkv: &[f32], bias: &[f32], scale: f32, shape: WindowShape) -> Vec<f32> {
     let WindowShape { windows, tokens: n, heads, head_dim: d } = shape;
     let (qkv_row, out_row) = (heads * 3 * d, heads * d);
