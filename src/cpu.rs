@@ -21,7 +21,8 @@ pub fn on_plain_cpu<const D: usize>(x: &Tensor<D>) -> bool {
 /// onto the bias (Burn's adds it in another pass over the output); elsewhere, Burn's.
 pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     let weight = layer.weight.val();
-    if !on_plain_cpu(&x) || !on_plain_cpu(&weight) {
+    let bias_on_cpu = layer.bias.as_ref().is_none_or(|b| on_plain_cpu(&b.val()));
+    if !on_plain_cpu(&x) || !on_plain_cpu(&weight) || !bias_on_cpu {
         return layer.forward(x);
     }
     let device = x.device();

@@ -73,7 +73,8 @@ pub fn pointwise(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
     let [batch, c_in, h, w] = x.dims();
     let weight = conv.weight.val();
     let c_out = weight.dims()[0];
-    if !on_plain_cpu(&x) || !on_plain_cpu(&weight) {
+    let bias_on_cpu = conv.bias.as_ref().is_none_or(|b| on_plain_cpu(&b.val()));
+    if !on_plain_cpu(&x) || !on_plain_cpu(&weight) || !bias_on_cpu {
         let y = weight.reshape([1, c_out, c_in]).matmul(x.reshape([batch, c_in, h * w]));
         let y = match &conv.bias {
             Some(bias) => y + bias.val().reshape([1, c_out, 1]),
