@@ -667,7 +667,8 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         let evidence = calibrate::gate_evidence(&reasoner, &data, &held_out, &cache, config.seed, log)?;
         // Kept, so that the decisions can be audited and other rules tried without decoding again.
         let evidence_path = config.output_dir.join(CALIBRATION_FILE);
-        std::fs::write(&evidence_path, serde_json::to_vec(&evidence).map_err(|e| Error::Other(format!("calibration evidence: {e}")))?).map_err(|e| Error::io(&evidence_path, e))?;
+        let evidence_json = serde_json::to_vec(&evidence).map_err(|e| Error::Other(format!("calibration evidence: {e}")))?;
+        crate::weights::store::write_atomic(&evidence_path, &evidence_json)?;
         let class_names = reasoner.knowledge().class_names();
         let rule = calibrate::DecisionRule::SHIPPED;
         let choices = calibrate::class_choices(&class_names, &evidence, rule);
