@@ -7,11 +7,10 @@ use burn::tensor::Tensor;
 
 use crate::error::{Error, Result};
 use crate::image::{Mask, PixelBox, RgbImage};
-use crate::llm::chat::{chat_ids, Message, Role};
-use crate::llm::generate::{generate_from_ids, GenerateOptions, Sampling};
 use crate::llm::TextModel;
 use crate::reason::heads::cxcywh_to_xyxy;
-use crate::reason::knowledge::{addressed_to_reader, Knowledge, Structure};
+use crate::reason::explanation::{self, ExplanationIds};
+use crate::reason::knowledge::Knowledge;
 use crate::reason::sequence::Layout;
 use crate::reason::heads::box_of_map;
 use crate::reason::{AnswerBox, BoxSource, ClassChoice, DecoderPrompt, Located, ReasonConfig, ReasonOutput, ReasoningHeads};
@@ -23,11 +22,6 @@ use crate::weights;
 pub const MAX_QUESTION_CHARS: usize = 500;
 /// The class head must be at least this sure before the explanation names the structure.
 pub const NAMING_CONFIDENCE: f32 = 0.5;
-/// Most tokens an explanation may take.
-pub const EXPLANATION_TOKENS: usize = 80;
-
-const EXPLAINER_SYSTEM: &str = "You are medsee. You explain a highlighted part of a medical image to a patient in plain, kind words. \
-You use only the facts you are given and never give a diagnosis.";
 
 /// Checks a question and normalises it: control characters become spaces, runs of white space
 /// collapse. Empty and over-long questions are errors a person can act on.
@@ -271,7 +265,8 @@ impl Reasoner {
 
     /// The explanation of `answer`, streamed piece by piece to `on_text` (return false to stop).
     /// It is grounded: the language model only rephrases the knowledge table's facts about the
-    /// structure that was found, in answer to the question. With nothing found, or a structure
+    /// structure that was found, in answer to the question, led by the trained soft prompt
+    /// ([`crate::reason::explanation`]). With nothing found, or a structure
     /// the model is unsure of, it says so plainly instead of letting the model guess.
     pub async fn explain(&self, answer: &Answer, mut on_text: impl FnMut(&str) -> bool) -> Result<String> {
         let known = answer.structure.as_ref().and_then(|u| self.knowledge.structure(&u.class));
@@ -287,23 +282,16 @@ impl Reasoner {
         }
         let structure = known.expect("matched above");
         let tokenizer = &self.llm.tokenizer;
-        // The answer opens by naming what was found, so a 135 M model cannot drift to another
-        // structure; it goes on from there with the facts.
-        let opening = format!("The highlighted part is the {},", structure.name());
-        let mut prompt = chat_ids(tokenizer, &explainer_messages(&answer.question, &structure), true)?;
-        prompt.extend(tokenizer.encode_text(&opening)?);
+        let ids = ExplanationIds::new(tokenizer, &answer.question, &structure)?;
+        let opening = explanation::opening(&structure);
         if !on_text(&opening) {
             return Ok(opening);
         }
-        let options = GenerateOptions {
-            max_tokens: EXPLANATION_TOKENS,
-            sampling: Sampling::Greedy,
-            stop_tokens: vec![tokenizer.im_end, tokenizer.end_of_text],
-        };
+        let options = explanation::generate_options(tokenizer);
         // Decode everything so far each time: a byte-level token may end inside a character.
         let mut tokens = Vec::new();
         let mut shown = 0;
-        generate_from_ids(&self.llm.model, &prompt, &options, |token| {
+        explanation::continue_after_opening(&self.llm.model, Some(&self.heads.explanation), &ids, &options, |token| {
             tokens.push(token);
             match tokenizer.decode(&tokens) {
                 Ok(text) if text.len() > shown && text.is_char_boundary(shown) && !text.ends_with('\u{fffd}') => {
@@ -334,20 +322,6 @@ pub fn answer_box(kind: AnswerBox, mask: &Mask, prompt_box: PixelBox) -> PixelBo
 
 pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
-}
-
-/// The conversation that asks the language model to explain what was found.
-fn explainer_messages(question: &str, structure: &Structure) -> Vec<Message> {
-    let e = &structure.entry;
-    let system = format!(
-        "{EXPLAINER_SYSTEM}\nThe part highlighted in the patient's image is the {}.\n- Where: {}.\n- What it does: it {}.\n- What it looks like: {}.\n\
-         Answer the patient's question in two short sentences, using only these facts.",
-        structure.name(),
-        e.location,
-        addressed_to_reader(&e.function),
-        e.appearance,
-    );
-    vec![Message::new(Role::System, system), Message::new(Role::User, question)]
 }
 
 /// The heat map as 8-bit values over the image's cells (for a PNG or the page).

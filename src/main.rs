@@ -94,6 +94,9 @@ enum Command {
         /// Training images per data set for the place head (the calibration's held-out images excepted).
         #[arg(long, default_value_t = 240)]
         place_images_per_set: usize,
+        /// Steps (4 questions each) of the explanation's soft prompt under the LM loss on the answer text (0: none).
+        #[arg(long, default_value_t = 300)]
+        explanation_steps: usize,
         /// Fine-tune these trained heads (e.g. models/reason-heads.bpk) instead of starting fresh: no warm-up.
         #[arg(long)]
         from: Option<PathBuf>,
@@ -357,7 +360,7 @@ fn chat(paths: &ModelPaths, args: &ChatArgs) -> Result<()> {
     } else {
         Sampling::Greedy
     };
-    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, stop_tokens: vec![llm.tokenizer.im_end, llm.tokenizer.end_of_text] };
+    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, stop_tokens: vec![llm.tokenizer.im_end, llm.tokenizer.end_of_text], no_repeat_ngram: 0 };
     // Decode the whole answer so far each time: byte-level tokens may split a character.
     let mut answer: Vec<u32> = Vec::new();
     let mut printed = 0;
@@ -432,7 +435,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("results → {} and {}", json.display(), chart.display());
             Ok(())
         }
-        Command::Train { steps, lr, seed, images_per_set, negative_rate, checkpoint_every, warmup_questions, warmup_steps, refit_questions, refit_steps, calibration_images_per_set, place_epochs, place_images_per_set, from, out } => {
+        Command::Train { steps, lr, seed, images_per_set, negative_rate, checkpoint_every, warmup_questions, warmup_steps, refit_questions, refit_steps, calibration_images_per_set, place_epochs, place_images_per_set, explanation_steps, from, out } => {
             let config = medsee::train::trainer::TrainConfig {
                 steps,
                 learning_rate: lr,
@@ -447,6 +450,7 @@ fn run(cli: Cli) -> Result<()> {
                 calibration_images_per_set,
                 place_epochs,
                 place_images_per_set,
+                explanation_steps,
                 start_from: from,
                 output_dir: out,
             };

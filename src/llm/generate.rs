@@ -22,6 +22,20 @@ pub struct GenerateOptions {
     pub sampling: Sampling,
     /// Generation ends (without emitting it) at any of these tokens.
     pub stop_tokens: Vec<u32>,
+    /// n: no n-gram of generated tokens is generated twice (0: any may be). A small greedy model
+    /// can fall into a loop ("…in the temporal lobe, in the temporal lobe, …"); the prompt is not
+    /// counted, so facts can still be copied from it.
+    pub no_repeat_ngram: usize,
+}
+
+/// The tokens that would complete an n-gram already among `tokens`: those that followed an
+/// earlier occurrence of the last n − 1 tokens.
+fn repeating_tokens(tokens: &[u32], n: usize) -> Vec<u32> {
+    if n == 0 || tokens.len() < n {
+        return Vec::new();
+    }
+    let prefix = &tokens[tokens.len() + 1 - n..];
+    tokens.windows(n).filter(|w| &w[..n - 1] == prefix).map(|w| w[n - 1]).collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +111,10 @@ pub async fn generate(
         if tokens.len() >= options.max_tokens {
             return Ok(Generated { tokens, stop: StopReason::MaxTokens });
         }
-        let row = read_f32(logits).await?;
+        let mut row = read_f32(logits).await?;
+        for banned in repeating_tokens(&tokens, options.no_repeat_ngram) {
+            row[banned as usize] = f32::NEG_INFINITY;
+        }
         let token = sample(&row, options.sampling, &mut rng)?;
         if options.stop_tokens.contains(&token) {
             return Ok(Generated { tokens, stop: StopReason::StopToken });
@@ -131,6 +148,17 @@ pub async fn generate_from_ids(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ngram_is_not_generated_twice() {
+        // "a b c d a b c" → "d" would repeat "b c d" (n = 3) and "a b c d" (n = 4).
+        let tokens = [1, 2, 3, 4, 1, 2, 3];
+        assert_eq!(repeating_tokens(&tokens, 3), vec![4]);
+        assert_eq!(repeating_tokens(&tokens, 4), vec![4]);
+        assert_eq!(repeating_tokens(&tokens, 5), Vec::<u32>::new(), "\"3 1 2 3\" never came before");
+        assert_eq!(repeating_tokens(&tokens, 0), Vec::<u32>::new());
+        assert_eq!(repeating_tokens(&[5, 5], 2), vec![5]);
+    }
 
     #[test]
     fn greedy_takes_the_argmax_and_nan_is_an_error() {

@@ -584,7 +584,7 @@ mod tests {
         let run = |max_tokens, cancel_after: usize| {
             let mut cache = KvCache::new();
             let out = model.forward_tokens(tokens(&[1, 2]), &mut cache).unwrap();
-            let options = GenerateOptions { max_tokens, sampling: Sampling::Greedy, stop_tokens: vec![] };
+            let options = GenerateOptions { max_tokens, sampling: Sampling::Greedy, stop_tokens: vec![], no_repeat_ngram: 0 };
             let mut seen = 0;
             block_on(generate(&model, &mut cache, model.last_logits(out.hidden), &options, |_| {
                 seen += 1;

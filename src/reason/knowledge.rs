@@ -22,6 +22,9 @@ pub struct Entry {
     pub region: String,
     #[serde(default)]
     pub sided: bool,
+    /// A plural name ("lungs", "cell nuclei"): its `function` is written with a plural verb.
+    #[serde(default)]
+    pub plural: bool,
     pub synonyms: Vec<String>,
     pub function: String,
     pub location: String,
@@ -82,14 +85,18 @@ impl Structure {
         }
     }
 
-    /// What the structure is, where and what it does, told to the patient.
-    pub fn description(&self) -> String {
+    /// Where it is, with the side for sided structures, told to the patient.
+    pub fn place(&self) -> String {
         let e = &self.entry;
-        let place = match self.side {
+        match self.side {
             Some(side) => format!("{}, on your {} side ({})", e.location, side.word(), side.on_image()),
             None => e.location.clone(),
-        };
-        format!("This is the {}, {place}. It {}.", self.name(), addressed_to_reader(&e.function))
+        }
+    }
+
+    /// What the structure is, where and what it does, told to the patient.
+    pub fn description(&self) -> String {
+        format!("This is the {}, {}. It {}.", self.name(), self.place(), addressed_to_reader(&self.entry.function))
     }
 
     /// The honest answer when the structure is not in the image (`image` names the kind of image).
@@ -216,6 +223,18 @@ mod tests {
         // No side, both sides, or "left" inside another word: nothing is ruled out.
         for question in ["Which parts help me breathe?", "Show the left and the right lung.", "What is leftover here?"] {
             assert!(ruled_out(question).is_empty(), "{question}: {:?}", ruled_out(question));
+        }
+    }
+
+    /// Answers put a function after its structure's name ("the lungs, which let you breathe"),
+    /// so the verb must agree with the name: every singular verb of the table ends in "s".
+    #[test]
+    fn functions_agree_with_their_structures_number() {
+        let k = Knowledge::load().unwrap();
+        for key in k.keys() {
+            let e = &k.structure(key).unwrap().entry;
+            let verb = e.function.split(' ').next().unwrap();
+            assert_eq!(!verb.ends_with('s'), e.plural, "{key}: \"{}\" with plural = {}", e.function, e.plural);
         }
     }
 

@@ -1,11 +1,12 @@
 //! The reasoning segmenter (MediSee's graph on LiteMedSAM + SmolLM2): vision tokens from the
 //! cached image embedding → one LLM pass over question + forced answer with K candidate tokens →
 //! candidate fusion → box, seg prompt, similarity map, presence, place map → LiteMedSAM's mask
-//! decoder.
+//! decoder; afterwards, the explanation's input (`explanation`).
 //!
 //! Only the modules here (and optionally LoRA on the LLM) are trained; LiteMedSAM and SmolLM2
 //! stay frozen.
 
+pub mod explanation;
 pub mod fusion;
 pub mod heads;
 pub mod knowledge;
@@ -20,6 +21,7 @@ use crate::error::Result;
 use crate::llm::llama::{KvCache, Llama};
 use crate::sam::mask_decoder::MaskDecoderOutput;
 use crate::sam::{LiteMedSam, INPUT_SIZE};
+use explanation::ExplanationPrompt;
 use fusion::{CandidateFusion, Fused};
 use heads::{cxcywh_to_xyxy, map_features, presence_logit, BoxHead, ClassHead, ContentHead, PlaceHead, SegPrompt, Similarity, SimilarityHead};
 use knowledge::Knowledge;
@@ -41,12 +43,14 @@ pub struct ReasonConfig {
     pub place_hidden: usize,
     /// Rows of the class head: [`Knowledge::class_names`].
     pub classes: usize,
+    /// P: vectors of the explanation's soft prompt.
+    pub explanation_vectors: usize,
 }
 
 impl ReasonConfig {
     pub fn smollm2_litemedsam() -> Result<Self> {
         let classes = Knowledge::load()?.class_names().len();
-        Ok(Self { candidates: 4, llm_dim: 576, embedding_channels: 256, pool: 8, hidden: 256, place_hidden: 128, classes })
+        Ok(Self { candidates: 4, llm_dim: 576, embedding_channels: 256, pool: 8, hidden: 256, place_hidden: 128, classes, explanation_vectors: 8 })
     }
 
     pub fn vision_tokens(&self, embedding_size: usize) -> usize {
@@ -70,6 +74,7 @@ impl ReasonConfig {
             map_gate: Param::from_tensor(Tensor::zeros([self.classes], device)).set_require_grad(false),
             prompt_box_gate: Param::from_tensor(Tensor::zeros([self.classes], device)).set_require_grad(false),
             box_scale: Param::from_tensor(Tensor::ones([self.classes], device)).set_require_grad(false),
+            explanation: ExplanationPrompt::new(self.explanation_vectors, d, device),
         }
     }
 }
@@ -105,6 +110,9 @@ pub struct ReasoningHeads {
     /// `[classes]`: what the class's prompt box is scaled by (see [`BOX_SCALES`]). Calibrated
     /// with the others; all 1 until then.
     pub box_scale: Param<Tensor<1>>,
+    /// The explanation's soft prompt, trained last with the LM loss on the answer text and read
+    /// by nothing before the mask.
+    pub explanation: ExplanationPrompt,
 }
 
 /// Which box an answer reports. The decoder reads the image, so the tight box of its mask is
@@ -283,7 +291,7 @@ fn meant(target_logits: Tensor<2>) -> Tensor<1, Int> {
     target_logits.argmax(1).reshape([b])
 }
 
-fn text_embeddings(llm: &Llama, ids: &[u32], device: &Device) -> Tensor<3> {
+pub(crate) fn text_embeddings(llm: &Llama, ids: &[u32], device: &Device) -> Tensor<3> {
     let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
     let n = ids.len();
     llm.embed(Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), device))
@@ -420,7 +428,7 @@ mod tests {
 
     fn setup() -> (Device, LiteMedSam, Llama, ReasoningHeads, Layout, Tensor<4>) {
         let device = Device::flex();
-        let config = ReasonConfig { candidates: 4, llm_dim: 32, embedding_channels: 256, pool: 16, hidden: 16, place_hidden: 8, classes: 5 };
+        let config = ReasonConfig { candidates: 4, llm_dim: 32, embedding_channels: 256, pool: 16, hidden: 16, place_hidden: 8, classes: 5, explanation_vectors: 2 };
         let layout = Layout { before_vision: vec![1, 5, 9], after_vision: vec![7, 8, 2, 3], vision_tokens: config.vision_tokens(64), candidates: 4 };
         let embedding = Tensor::random([1, 256, 64, 64], Distribution::Normal(0.0, 1.0), &device);
         (device.clone(), LiteMedSamConfig::default().init(&device), LlamaConfig::tiny(128).init(&device), config.init(&device), layout, embedding)

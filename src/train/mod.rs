@@ -6,6 +6,7 @@ pub mod calibrate;
 pub mod chart;
 pub mod dataset;
 pub mod eval;
+pub mod explanation;
 pub mod losses;
 pub mod place;
 pub mod questions;

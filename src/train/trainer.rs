@@ -13,8 +13,9 @@
 //! else frozen): those heads only read the states and the image, so they catch up cheaply with
 //! what the full run changed, and the class head sees fresh phrasings. Then the place head
 //! learns where each structure lies from the embeddings and masks alone ([`super::place`]).
-//! Last, the decoder-prompt gates are calibrated per class on training images the heads never
-//! saw ([`super::calibrate`]).
+//! Then the decoder-prompt gates are calibrated per class on training images the heads never
+//! saw ([`super::calibrate`]). Last, the explanation's soft prompt learns under the LM loss on
+//! the answer text ([`super::explanation`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -67,6 +68,8 @@ pub struct TrainConfig {
     /// …and how many images per data set it learns from (those held out for the calibration
     /// excepted; the question phases' images first).
     pub place_images_per_set: usize,
+    /// Steps of the explanation's soft prompt under the LM loss on the answer text (0: none).
+    pub explanation_steps: usize,
     /// Trained heads to start from instead of a fresh initialisation (no warm-up then: the full
     /// phase fine-tunes them), e.g. the shipped ones after the data changed. A checkpoint in
     /// `output_dir` takes precedence, so an interrupted fine-tune resumes.
@@ -82,6 +85,8 @@ const CURVES_PLOT: &str = "train-curves.png";
 const PLACE_CURVE_FILE: &str = "place-curves.csv";
 /// Every calibration question's outcome under every prompt and box scale, per class.
 const CALIBRATION_FILE: &str = "calibration.json";
+/// The explanation phase's held-out losses, curve and generated samples.
+const EXPLANATION_FILE: &str = "explanation.json";
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct TrainState {
@@ -95,6 +100,8 @@ struct TrainState {
     placed: bool,
     #[serde(default)]
     calibrated: bool,
+    #[serde(default)]
+    explained: bool,
 }
 
 /// Images of `split`, at most `per_set` per data set, chosen deterministically.
@@ -350,6 +357,7 @@ impl Batched {
                 map_gate: heads.map_gate,
                 prompt_box_gate: heads.prompt_box_gate,
                 box_scale: heads.box_scale,
+                explanation: heads.explanation.no_grad(),
             },
         }
     }
@@ -686,6 +694,25 @@ pub fn train(paths: &ModelPaths, config: &TrainConfig, log: &mut dyn FnMut(&str)
         heads.box_scale = gate(4);
         state.calibrated = true;
     }
+    if !state.explained && config.explanation_steps > 0 {
+        let explanation = super::explanation::ExplanationConfig {
+            steps: config.explanation_steps,
+            batch: 4,
+            learning_rate: 3e-3,
+            seed: config.seed,
+            held_out_questions: 48,
+            measure_every: 25,
+        };
+        log(&format!("explanation: the soft prompt under the LM loss on the answer text, {} steps of {}", explanation.steps, explanation.batch));
+        let mut llm = TextModel::load(&paths.converted, Variant::F32, &device)?;
+        llm.model = llm.model.no_grad();
+        let shipped = TextModel::load(&paths.converted, Variant::Quantized, &Device::flex())?;
+        let (prompt, report) = super::explanation::train_explanation(&llm, &shipped, reason.explanation_vectors, &explanation, log)?;
+        heads.explanation = prompt;
+        let report_json = serde_json::to_vec_pretty(&report).map_err(|e| Error::Other(format!("explanation report: {e}")))?;
+        crate::weights::store::write_atomic(&config.output_dir.join(EXPLANATION_FILE), &report_json)?;
+        state.explained = true;
+    }
     // Saved again so that a finished run rewritten by a newer medsee gets the current format.
     save(&heads, &state)?;
     log(&format!("done: {} ({} steps), curves in {} and {}", heads_path.display(), state.step, curves_path.display(), plot_path.display()));
@@ -736,7 +763,7 @@ mod tests {
     #[test]
     fn the_class_head_learns_from_questions_about_absent_structures() {
         let device = Device::flex();
-        let config = ReasonConfig { candidates: 4, llm_dim: 32, embedding_channels: 256, pool: 16, hidden: 16, place_hidden: 8, classes: 5 };
+        let config = ReasonConfig { candidates: 4, llm_dim: 32, embedding_channels: 256, pool: 16, hidden: 16, place_hidden: 8, classes: 5, explanation_vectors: 2 };
         let heads = config.init(&device);
         let embedding = Tensor::random([2, 256, 64, 64], Distribution::Normal(0.0, 1.0), &device);
         let candidates = Tensor::random([2, 4, 32], Distribution::Normal(0.0, 1.0), &device);
