@@ -17,12 +17,17 @@ pub fn on_plain_cpu<const D: usize>(x: &Tensor<D>) -> bool {
     device == Device::flex() && !device.is_autodiff() && x.dtype() == DType::F32
 }
 
+/// Whether a layer's bias, if it has one, can be read by this module's kernels (a differently
+/// typed bias read as f32 would panic).
+pub fn bias_on_plain_cpu(bias: &Option<burn::module::Param<Tensor<1>>>) -> bool {
+    bias.as_ref().is_none_or(|b| on_plain_cpu(&b.val()))
+}
+
 /// A linear layer, `x·W + b` over the last axis. On the CPU one `gemm` call writes the product
 /// onto the bias (Burn's adds it in another pass over the output); elsewhere, Burn's.
 pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     let weight = layer.weight.val();
-    let bias_on_cpu = layer.bias.as_ref().is_none_or(|b| on_plain_cpu(&b.val()));
-    if !on_plain_cpu(&x) || !on_plain_cpu(&weight) || !bias_on_cpu {
+    if !on_plain_cpu(&x) || !on_plain_cpu(&weight) || !bias_on_plain_cpu(&layer.bias) {
         return layer.forward(x);
     }
     let device = x.device();

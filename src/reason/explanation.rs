@@ -97,9 +97,9 @@ impl ExplanationPrompt {
 
     /// The input embeddings of `ids`, repeated or cut to `count` vectors: prompt tuning learns
     /// faster from words than from noise (Lester et al., 2021).
-    pub fn from_text(llm: &Llama, ids: &[u32], count: usize, device: &Device) -> Self {
+    pub fn from_text(llm: &Llama, ids: &[u32], count: usize) -> Self {
         let cycled: Vec<u32> = ids.iter().copied().cycle().take(count).collect();
-        let vectors = text_embeddings(llm, &cycled, device).reshape([count, llm.hidden_size()]).detach();
+        let vectors = text_embeddings(llm, &cycled, &llm.output.weight.device()).reshape([count, llm.hidden_size()]).detach();
         Self { vectors: Param::from_tensor(vectors) }
     }
 

@@ -5,7 +5,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::cpu::{linear, matmul_onto_bias, on_plain_cpu, Bias, CpuValues, Operand};
+use crate::cpu::{bias_on_plain_cpu, linear, matmul_onto_bias, on_plain_cpu, Bias, CpuValues, Operand};
 
 /// Layer norm over the channel axis of an NCHW tensor (ConvNeXt / detectron2 `LayerNorm2d`).
 #[derive(Module, Debug)]
@@ -73,8 +73,7 @@ pub fn pointwise(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
     let [batch, c_in, h, w] = x.dims();
     let weight = conv.weight.val();
     let c_out = weight.dims()[0];
-    let bias_on_cpu = conv.bias.as_ref().is_none_or(|b| on_plain_cpu(&b.val()));
-    if !on_plain_cpu(&x) || !on_plain_cpu(&weight) || !bias_on_cpu {
+    if !on_plain_cpu(&x) || !on_plain_cpu(&weight) || !bias_on_plain_cpu(&conv.bias) {
         let y = weight.reshape([1, c_out, c_in]).matmul(x.reshape([batch, c_in, h * w]));
         let y = match &conv.bias {
             Some(bias) => y + bias.val().reshape([1, c_out, 1]),

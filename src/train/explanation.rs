@@ -11,7 +11,7 @@
 
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 use futures_lite::future::block_on;
 
 use super::losses::cross_entropy;
@@ -30,7 +30,7 @@ const START_TEXT: &str = " Say what it does, then where it is.";
 #[derive(Debug, Clone)]
 pub struct ExplanationConfig {
     pub steps: usize,
-    /// Questions per step (their losses summed before one backward pass).
+    /// Questions per step (the mean of their losses, one backward pass).
     pub batch: usize,
     pub learning_rate: f64,
     pub seed: u64,
@@ -101,7 +101,7 @@ pub struct GeneratedStats {
     /// Share of the reference answer's content words the explanation states.
     pub fact_recall: f64,
     /// Share of the explanation's content words found in none of the facts, the question or the
-    /// opening: made-up content.
+    /// reference answer: made-up content.
     pub unsupported_words: f64,
     pub mean_words: f64,
     /// Share that ended by themselves within the token budget.
@@ -135,11 +135,10 @@ pub struct Sample {
 /// Trains the soft prompt on `llm` (f32, on an autodiff device, frozen); `shipped` (the 4-bit
 /// model, no autodiff) generates the report's explanations.
 pub fn train_explanation(llm: &TextModel, shipped: &TextModel, count: usize, config: &ExplanationConfig, log: &mut dyn FnMut(&str)) -> Result<(ExplanationPrompt, ExplanationReport)> {
-    let device: Device = llm.model.output.weight.device();
     let train = examples(llm, Phrasings::Train, config.steps * config.batch, config.seed)?;
     let held_out = examples(llm, Phrasings::HeldOut, config.held_out_questions, config.seed ^ 0x5eed)?;
     let start_ids = llm.tokenizer.encode_text(START_TEXT)?;
-    let mut prompt = ExplanationPrompt::from_text(&llm.model, &start_ids, count, &device);
+    let mut prompt = ExplanationPrompt::from_text(&llm.model, &start_ids, count);
     let without_prompt = mean_loss(&llm.model, None, &held_out)?;
     let start = mean_loss(&llm.model, Some(&prompt), &held_out)?;
     log(&format!("explanation: held-out answer loss {without_prompt:.4} without a soft prompt, {start:.4} with the starting one"));
@@ -148,15 +147,8 @@ pub fn train_explanation(llm: &TextModel, shipped: &TextModel, count: usize, con
     let (mut since, mut since_steps) = (0.0, 0);
     let clock = std::time::Instant::now();
     for (step, batch) in train.chunks(config.batch).enumerate() {
-        let mut loss: Option<Tensor<1>> = None;
-        for example in batch {
-            let l = answer_loss(&llm.model, Some(&prompt), example)?;
-            loss = Some(match loss {
-                Some(total) => total + l,
-                None => l,
-            });
-        }
-        let loss = loss.expect("batches are not empty") / batch.len() as f64;
+        let losses = batch.iter().map(|example| answer_loss(&llm.model, Some(&prompt), example)).collect::<Result<Vec<_>>>()?;
+        let loss = Tensor::cat(losses, 0).mean();
         since += f64::from(loss.clone().into_scalar::<f32>());
         since_steps += 1;
         let grads = GradientsParams::from_grads(loss.backward(), &prompt);
@@ -224,8 +216,8 @@ pub fn grade(structure: &Structure, question: &str, continuation: &str) -> Grade
     let reference_text = reference_answer(structure);
     let reference = content_words(&reference_text);
     let recalled = reference.iter().filter(|w| said.contains(w)).count();
-    let e = &structure.entry;
-    let sources = [e.name.as_str(), &e.location, &e.function, &e.appearance, &structure.place(), question, &reference_text].join(" ");
+    // The reference holds the function (as told to the reader) and the place with its side.
+    let sources = [structure.entry.name.as_str(), &structure.entry.appearance, question, &reference_text].join(" ");
     let supported = content_words(&sources);
     let unsupported = said.iter().filter(|w| !supported.contains(w)).count();
     Grade {
@@ -261,7 +253,7 @@ mod tests {
     use super::*;
     use crate::llm::llama::LlamaConfig;
     use burn::tensor::activation::log_softmax;
-    use burn::tensor::{Int, TensorData};
+    use burn::tensor::{Device, Int, TensorData};
 
     fn example(answer: Vec<u32>) -> Example {
         let structure = Knowledge::load().unwrap().structure("liver").unwrap();
