@@ -5,7 +5,8 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{ConvTranspose2d, ConvTranspose2dConfig};
 use burn::tensor::{Device, Tensor};
 
-use super::common::{gelu, LayerNorm2d, Mlp};
+use super::common::{LayerNorm2d, Mlp};
+use crate::cpu::gelu;
 use super::two_way_transformer::{TwoWayTransformer, TwoWayTransformerConfig};
 
 #[derive(Debug, Clone)]

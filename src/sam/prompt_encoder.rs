@@ -7,7 +7,8 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::{Device, Int, Tensor};
 
-use super::common::{gelu, LayerNorm2d};
+use super::common::LayerNorm2d;
+use crate::cpu::gelu;
 
 /// Label of a point prompt, with SAM's numeric codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use burn::tensor::activation::softmax;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::common::{gelu, pointwise, LayerNorm2d};
-use crate::cpu::{linear, on_plain_cpu, CpuValues};
+use super::common::{depthwise, pointwise, LayerNorm2d};
+use crate::cpu::{gelu, linear, linear_then, on_plain_cpu, softmax_rows, Activation, CpuValues};
 
 /// Shape of the encoder. `Default` is LiteMedSAM's TinyViT-5M.
 #[derive(Debug, Clone)]
@@ -140,7 +140,7 @@ impl TinyVit {
         let [batch, _, channels] = tokens.dims();
         let side = self.embedding_size;
         let x = tokens.reshape([batch, side, side, channels]).permute([0, 3, 1, 2]);
-        let x = self.neck_norm1.forward(pointwise(&self.neck_conv1, x));
+        let x = self.neck_norm1.forward(pointwise(&self.neck_conv1, x, Activation::Identity));
         self.neck_norm2.forward(self.neck_conv2.forward(x))
     }
 }
@@ -153,7 +153,7 @@ pub struct PatchEmbed {
 
 impl PatchEmbed {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        pointwise(&self.conv2, gelu(pointwise(&self.conv1, x)))
+        pointwise(&self.conv2, pointwise(&self.conv1, x, Activation::Gelu), Activation::Identity)
     }
 }
 
@@ -175,9 +175,9 @@ impl MbConv {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = gelu(pointwise(&self.conv1, x.clone()));
-        let h = gelu(self.conv2.forward(h));
-        gelu(pointwise(&self.conv3, h) + x)
+        let h = pointwise(&self.conv1, x.clone(), Activation::Gelu);
+        let h = depthwise(&self.conv2, h, Activation::Gelu);
+        gelu(pointwise(&self.conv3, h, Activation::Identity) + x)
     }
 }
 
@@ -199,9 +199,9 @@ impl PatchMerging {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<3> {
-        let x = gelu(pointwise(&self.conv1, x));
-        let x = gelu(self.conv2.forward(x));
-        let x = pointwise(&self.conv3, x);
+        let x = pointwise(&self.conv1, x, Activation::Gelu);
+        let x = depthwise(&self.conv2, x, Activation::Gelu);
+        let x = pointwise(&self.conv3, x, Activation::Identity);
         let [batch, channels, h, w] = x.dims();
         x.reshape([batch, channels, h * w]).swap_dims(1, 2)
     }
@@ -337,15 +337,7 @@ fn window_attention_cpu(qkv: &[f32], bias: &[f32], scale: f32, shape: WindowShap
                 // scores = bias + scale · q·kᵀ
                 gemm::gemm(n, n, d, scores.as_mut_ptr(), 1, n as isize, true, q.as_ptr(), 1, qkv_row as isize, k.as_ptr(), qkv_row as isize, 1, 1.0, scale, false, false, false, gemm::Parallelism::None);
             }
-            for row in scores.chunks_mut(n) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for s in row.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                row.iter_mut().for_each(|s| *s /= sum);
-            }
+            softmax_rows(scores, n);
             unsafe {
                 // this head's columns of out = softmax(scores)·v
                 gemm::gemm(n, d, n, out[head * d..].as_mut_ptr(), 1, out_row as isize, false, scores.as_ptr(), 1, n as isize, v.as_ptr(), 1, qkv_row as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
@@ -397,7 +389,7 @@ pub struct TinyVitMlp {
 
 impl TinyVitMlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        linear(&self.fc2, gelu(linear(&self.fc1, self.norm.forward(x))))
+        linear(&self.fc2, linear_then(&self.fc1, self.norm.forward(x), Activation::Gelu))
     }
 }
 
@@ -453,7 +445,7 @@ impl TinyVitBlock {
         let x = x + attended.reshape([batch, len, channels]);
 
         let spatial = x.swap_dims(1, 2).reshape([batch, channels, side, side]);
-        let x = self.local_conv.forward(spatial).reshape([batch, channels, len]).swap_dims(1, 2);
+        let x = depthwise(&self.local_conv, spatial, Activation::Identity).reshape([batch, channels, len]).swap_dims(1, 2);
         x.clone() + self.mlp.forward(x)
     }
 }

@@ -5,6 +5,48 @@
 //! copies at ~16 % of the image encoder's time. Here `gemm`, the crate Burn's CPU matmul calls,
 //! writes into buffers of our own and reads its operands in place.
 
+/// Defines `fn $name(args)`, which runs the `#[inline(always)]` function `$portable` compiled
+/// for the widest vector unit this CPU has (AVX-512, AVX2, else the build's baseline), so the
+/// loops the compiler vectorises in it use that width. The check is a cached flag.
+macro_rules! widest_vectors {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) = $portable:ident) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512f($($arg: $ty),*) {
+                    $portable($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $portable($($arg),*)
+                }
+                // SAFETY (both): the features each is compiled for were just detected.
+                if std::is_x86_feature_detected!("avx512f") {
+                    return unsafe { avx512f($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") {
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $portable($($arg),*)
+        }
+    };
+}
+
+mod depthwise;
+mod gelu;
+mod matmul;
+mod softmax;
+
+pub use depthwise::{depthwise_3x3, Depthwise3x3};
+pub use gelu::gelu;
+pub use matmul::{matmul_onto_bias, Activation, Bias, Operand};
+pub use softmax::softmax_rows;
+
+use std::mem::MaybeUninit;
+
 use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
 use burn::nn::Linear;
@@ -23,12 +65,18 @@ pub fn bias_on_plain_cpu(bias: &Option<burn::module::Param<Tensor<1>>>) -> bool 
     bias.as_ref().is_none_or(|b| on_plain_cpu(&b.val()))
 }
 
-/// A linear layer, `x·W + b` over the last axis. On the CPU one `gemm` call writes the product
-/// onto the bias (Burn's adds it in another pass over the output); elsewhere, Burn's.
+/// A linear layer, `x·W + b` over the last axis. On the CPU `gemm` writes the product onto the
+/// bias (Burn's adds it in another pass over the output); elsewhere, Burn's.
 pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    linear_then(layer, x, Activation::Identity)
+}
+
+/// `activation(x·W + b)`: [`linear`] with the activation applied to each output tile while it is
+/// in cache (see [`matmul_onto_bias`]).
+pub fn linear_then<const D: usize>(layer: &Linear, x: Tensor<D>, activation: Activation) -> Tensor<D> {
     let weight = layer.weight.val();
     if !on_plain_cpu(&x) || !on_plain_cpu(&weight) || !bias_on_plain_cpu(&layer.bias) {
-        return layer.forward(x);
+        return activation.apply(layer.forward(x));
     }
     let device = x.device();
     let [d_in, d_out] = weight.dims();
@@ -41,6 +89,7 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
         Operand { values: input.as_slice(), rows, columns: d_in },
         Operand { values: weight.as_slice(), rows: d_in, columns: d_out },
         bias.as_ref().map(|b| Bias::PerColumn(b.as_slice())),
+        activation,
     );
     Tensor::from_data(TensorData::new(out, dims), &device)
 }
@@ -74,54 +123,14 @@ impl CpuValues {
     }
 }
 
-/// A row-major matrix.
-pub struct Operand<'a> {
-    pub values: &'a [f32],
-    pub rows: usize,
-    pub columns: usize,
-}
-
-/// A bias added to every row (one value per column) or to every column (one per row).
-pub enum Bias<'a> {
-    PerColumn(&'a [f32]),
-    PerRow(&'a [f32]),
-}
-
-/// `lhs · rhs + bias`, row-major, computed by `gemm` straight into the returned buffer.
-pub fn matmul_onto_bias(lhs: Operand, rhs: Operand, bias: Option<Bias>) -> Vec<f32> {
-    let (m, k, n) = (lhs.rows, lhs.columns, rhs.columns);
-    assert_eq!(k, rhs.rows, "inner dimensions");
-    assert!(lhs.values.len() >= m * k && rhs.values.len() >= k * n, "operands shorter than their shapes");
-    let mut out = Vec::with_capacity(m * n);
-    match bias {
-        Some(Bias::PerColumn(b)) => {
-            assert_eq!(b.len(), n, "bias length");
-            (0..m).for_each(|_| out.extend_from_slice(b));
-        }
-        Some(Bias::PerRow(b)) => {
-            assert_eq!(b.len(), m, "bias length");
-            b.iter().for_each(|&v| out.resize(out.len() + n, v));
-        }
-        None => out.resize(m * n, 0.0),
-    }
-    // As Burn's CPU matmul: split over the threads from this size on.
-    #[cfg(not(target_arch = "wasm32"))]
-    let parallelism = if m * n * k >= 192 * 192 * 192 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
-    #[cfg(target_arch = "wasm32")]
-    let parallelism = gemm::Parallelism::None;
-    // SAFETY: the three buffers hold `m×n`, `m×k` and `k×n` values (checked above), and the
-    // strides describe them row-major.
-    unsafe {
-        gemm::gemm(
-            m, n, k,
-            out.as_mut_ptr(), 1, n as isize, true,
-            lhs.values.as_ptr(), 1, k as isize,
-            rhs.values.as_ptr(), 1, n as isize,
-            1.0, 1.0, false, false, false,
-            parallelism,
-        );
-    }
-    out
+/// Writes `value` into every slot and returns them as initialised values: for output buffers
+/// allocated without the zero-fill that would be a pass over memory of its own.
+pub fn fill_uninit(slots: &mut [MaybeUninit<f32>], value: f32) -> &mut [f32] {
+    slots.iter_mut().for_each(|slot| {
+        slot.write(value);
+    });
+    // SAFETY: every slot was just written, and `MaybeUninit<f32>` has `f32`'s layout.
+    unsafe { &mut *(slots as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 #[cfg(test)]
