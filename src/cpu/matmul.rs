@@ -8,7 +8,7 @@ use std::mem::MaybeUninit;
 
 use burn::tensor::Tensor;
 
-use super::fill_uninit;
+use super::{fill_uninit, SharedOutput};
 use super::gelu::{gelu, gelu_on_this_thread};
 
 /// A row-major matrix.
@@ -69,7 +69,7 @@ pub fn matmul_onto_bias(lhs: Operand, rhs: Operand, bias: Option<Bias>, activati
     };
     let tiles_down = m.div_ceil(tile_rows);
     let tiles = tiles_down * n.div_ceil(tile_columns);
-    let target = OutPointer(out.as_mut_ptr());
+    let target = SharedOutput(out.as_mut_ptr());
     let tile = |index: usize| {
         let (row, column) = ((index % tiles_down) * tile_rows, (index / tiles_down) * tile_columns);
         let (rows, columns) = (tile_rows.min(m - row), tile_columns.min(n - column));
@@ -93,21 +93,14 @@ pub fn matmul_onto_bias(lhs: Operand, rhs: Operand, bias: Option<Bias>, activati
     out
 }
 
-/// The output buffer, shared by the threads that each write their own tiles of it.
-#[derive(Clone, Copy)]
-struct OutPointer(*mut f32);
-// SAFETY: the threads write disjoint tiles (see `matmul_onto_bias`).
-unsafe impl Send for OutPointer {}
-unsafe impl Sync for OutPointer {}
-
 /// One tile of [`matmul_onto_bias`]: rows `start[0]..+size[0]`, columns `start[1]..+size[1]`.
 ///
 /// # Safety
 /// The tile lies inside the m×n output behind `out`, and no other thread touches it meanwhile.
-unsafe fn compute_tile(lhs: &Operand, rhs: &Operand, bias: &Option<Bias>, activation: Activation, out: OutPointer, start: [usize; 2], size: [usize; 2]) {
+unsafe fn compute_tile(lhs: &Operand, rhs: &Operand, bias: &Option<Bias>, activation: Activation, out: SharedOutput, start: [usize; 2], size: [usize; 2]) {
     let (k, n) = (lhs.columns, rhs.columns);
     let ([row, column], [rows, columns]) = (start, size);
-    let row_start = |r: usize| unsafe { out.0.add((row + r) * n + column) };
+    let row_start = |r: usize| unsafe { out.at((row + r) * n + column) };
     // The tile's first writes: its bias, or zeros where `gemm` would have no product to write.
     let product_reads_tile = bias.is_some() || k == 0;
     for r in 0..rows {
@@ -128,7 +121,7 @@ unsafe fn compute_tile(lhs: &Operand, rhs: &Operand, bias: &Option<Bias>, activa
     unsafe {
         gemm::gemm(
             rows, columns, k,
-            out.0.add(row * n + column), 1, n as isize, product_reads_tile,
+            out.at(row * n + column), 1, n as isize, product_reads_tile,
             lhs.values.as_ptr().add(row * k), 1, k as isize,
             rhs.values.as_ptr().add(column), 1, n as isize,
             1.0, 1.0, false, false, false,

@@ -35,11 +35,13 @@ macro_rules! widest_vectors {
     };
 }
 
+mod attention;
 mod depthwise;
 mod gelu;
 mod matmul;
 mod softmax;
 
+pub use attention::{attention, AttentionShape, HeadLayout, HeadOperand};
 pub use depthwise::{depthwise_3x3, Depthwise3x3};
 pub use gelu::gelu;
 pub use matmul::{matmul_onto_bias, Activation, Bias, Operand};
@@ -131,6 +133,26 @@ pub fn fill_uninit(slots: &mut [MaybeUninit<f32>], value: f32) -> &mut [f32] {
     });
     // SAFETY: every slot was just written, and `MaybeUninit<f32>` has `f32`'s layout.
     unsafe { &mut *(slots as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// An output buffer that several threads write at once, each its own disjoint part (an
+/// output tile, a head's columns of some rows): the kernels' callers guarantee the parts are
+/// disjoint and inside the buffer.
+#[derive(Clone, Copy)]
+struct SharedOutput(*mut f32);
+// SAFETY: see above; no two threads write the same value.
+unsafe impl Send for SharedOutput {}
+unsafe impl Sync for SharedOutput {}
+
+impl SharedOutput {
+    /// The address `count` values into the buffer (a method, so closures capture the whole
+    /// `Sync` wrapper rather than its raw pointer).
+    ///
+    /// # Safety
+    /// `count` is inside the buffer.
+    unsafe fn at(self, count: usize) -> *mut f32 {
+        unsafe { self.0.add(count) }
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::common::{depthwise, pointwise, LayerNorm2d};
-use crate::cpu::{gelu, linear, linear_then, on_plain_cpu, softmax_rows, Activation, CpuValues};
+use crate::cpu::{attention, gelu, linear, linear_then, on_plain_cpu, Activation, AttentionShape, CpuValues, HeadLayout, HeadOperand};
 
 /// Shape of the encoder. `Default` is LiteMedSAM's TinyViT-5M.
 #[derive(Debug, Clone)]
@@ -315,46 +315,16 @@ struct WindowShape {
     head_dim: usize,
 }
 
-/// [`window_attention`] on the CPU, straight into the output's layout, each window's scores in
-/// one reused buffer and the threads taking whole windows. Burn's ops make each step a pass over
-/// every window's scores into a fresh zero-filled, realigned buffer (see [`crate::cpu`]), and
-/// hand the small products to `gemm`'s threads one by one.
+/// [`window_attention`] on the CPU ([`attention`]): each window is a batch, and q, k and v are
+/// read where the projection put them, `[head][q | k | v]` in every token's row.
 fn window_attention_cpu(qkv: &[f32], bias: &[f32], scale: f32, shape: WindowShape) -> Vec<f32> {
-    let WindowShape { windows, tokens: n, heads, head_dim: d } = shape;
-    let (qkv_row, out_row) = (heads * 3 * d, heads * d);
-    assert_eq!(qkv.len(), windows * n * qkv_row, "qkv shape");
-    assert_eq!(bias.len(), heads * n * n, "bias shape");
-    let mut out = vec![0.0f32; windows * n * out_row];
-    let attend = |scores: &mut Vec<f32>, (window, out): (usize, &mut [f32])| {
-        let qkv = &qkv[window * n * qkv_row..][..n * qkv_row];
-        for head in 0..heads {
-            let (q, k, v) = (&qkv[head * 3 * d..], &qkv[head * 3 * d + d..], &qkv[head * 3 * d + 2 * d..]);
-            scores.clear();
-            scores.extend_from_slice(&bias[head * n * n..][..n * n]);
-            // SAFETY (both): every row and column the strides reach lies inside `qkv`'s window,
-            // `scores` (n×n) and `out`'s window (n rows of `out_row`), as the asserts above hold.
-            unsafe {
-                // scores = bias + scale · q·kᵀ
-                gemm::gemm(n, n, d, scores.as_mut_ptr(), 1, n as isize, true, q.as_ptr(), 1, qkv_row as isize, k.as_ptr(), qkv_row as isize, 1, 1.0, scale, false, false, false, gemm::Parallelism::None);
-            }
-            softmax_rows(scores, n);
-            unsafe {
-                // this head's columns of out = softmax(scores)·v
-                gemm::gemm(n, d, n, out[head * d..].as_mut_ptr(), 1, out_row as isize, false, scores.as_ptr(), 1, n as isize, v.as_ptr(), 1, qkv_row as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
-            }
-        }
+    let WindowShape { windows, tokens, heads, head_dim } = shape;
+    let operand = |part: usize| HeadOperand {
+        values: qkv,
+        layout: HeadLayout { first: part * head_dim, head_stride: 3 * head_dim, row_stride: 3 * heads * head_dim },
     };
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use rayon::prelude::*;
-        out.par_chunks_mut(n * out_row).enumerate().for_each_init(|| Vec::with_capacity(n * n), |scores, item| attend(scores, item));
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        let mut scores = Vec::with_capacity(n * n);
-        out.chunks_mut(n * out_row).enumerate().for_each(|item| attend(&mut scores, item));
-    }
-    out
+    let shape = AttentionShape { batches: windows, queries: tokens, keys: tokens, heads, head_dim };
+    attention(operand(0), operand(1), operand(2), Some(bias), scale, shape)
 }
 
 /// For every pair of cells in a `w×w` window, the index of their (|dy|, |dx|) offset, numbered

@@ -4,9 +4,9 @@
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::{relu, softmax};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::cpu::linear;
+use crate::cpu::{attention, linear, on_plain_cpu, AttentionShape, CpuValues, HeadLayout, HeadOperand};
 
 #[derive(Debug, Clone)]
 pub struct TwoWayTransformerConfig {
@@ -74,13 +74,39 @@ impl Attention {
     }
 
     fn forward(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
-        let q = self.separate_heads(linear(&self.q_proj, q));
-        let k = self.separate_heads(linear(&self.k_proj, k));
-        let v = self.separate_heads(linear(&self.v_proj, v));
-        let [batch, heads, tokens, head_dim] = q.dims();
-        let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
-        let out = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([batch, tokens, heads * head_dim]);
+        let (q, k, v) = (linear(&self.q_proj, q), linear(&self.k_proj, k), linear(&self.v_proj, v));
+        let out = if [&q, &k, &v].iter().all(|x| on_plain_cpu(*x)) {
+            self.attend_on_the_cpu(q, k, v)
+        } else {
+            self.attend_with_burn_ops(q, k, v)
+        };
         linear(&self.out_proj, out)
+    }
+
+    fn scale(&self, width: usize) -> f64 {
+        1.0 / ((width / self.num_heads) as f64).sqrt()
+    }
+
+    /// The attention of the projected q, k and v (`[B, tokens, heads·head_dim]`) with
+    /// [`attention`], reading the heads where they lie.
+    fn attend_on_the_cpu(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
+        let [batches, queries, width] = q.dims();
+        let (heads, keys, device) = (self.num_heads, k.dims()[1], q.device());
+        let head_dim = width / heads;
+        let layout = HeadLayout { first: 0, head_stride: head_dim, row_stride: width };
+        let (q, k, v) = (CpuValues::of(q), CpuValues::of(k), CpuValues::of(v));
+        let [q, k, v] = [&q, &k, &v].map(|x| HeadOperand { values: x.as_slice(), layout });
+        let shape = AttentionShape { batches, queries, keys, heads, head_dim };
+        let out = attention(q, k, v, None, self.scale(width) as f32, shape);
+        Tensor::from_data(TensorData::new(out, [batches, queries, width]), &device)
+    }
+
+    fn attend_with_burn_ops(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
+        let [batches, queries, width] = q.dims();
+        let scale = self.scale(width);
+        let (q, k, v) = (self.separate_heads(q), self.separate_heads(k), self.separate_heads(v));
+        let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+        softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([batches, queries, width])
     }
 }
 
@@ -148,5 +174,28 @@ impl TwoWayTransformer {
         let k = keys.clone() + keys_pe;
         let queries = self.norm_final_attn.forward(queries + self.final_attn_token_to_image.forward(q, k, keys.clone()));
         (queries, keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::tests::max_relative_difference;
+
+    /// The CPU attention reads each head where `separate_heads` puts it: against Burn's ops, on
+    /// the decoder's two shapes (few queries over many keys, and the reverse), two batches.
+    #[test]
+    fn cpu_attention_equals_burns_ops() {
+        let device = Device::flex();
+        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+        let attention = Attention::new(32, 4, 2, &device);
+        for (queries, keys) in [(7, 300), (300, 7)] {
+            let q = Tensor::<3>::random([2, queries, 16], normal, &device);
+            let k = Tensor::<3>::random([2, keys, 16], normal, &device);
+            let v = Tensor::<3>::random([2, keys, 16], normal, &device);
+            let ours = attention.attend_on_the_cpu(q.clone(), k.clone(), v.clone());
+            let burns = attention.attend_with_burn_ops(q, k, v);
+            assert!(max_relative_difference(ours, burns) < 1e-5, "{queries} queries, {keys} keys");
+        }
     }
 }
