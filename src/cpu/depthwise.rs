@@ -6,7 +6,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::fill_uninit;
+use super::{fill_uninit, write_chunks_in_parallel};
 use super::gelu::gelu_on_this_thread;
 use super::matmul::Activation;
 
@@ -22,20 +22,22 @@ impl Depthwise3x3<'_> {
     pub fn output_side(&self, side: usize) -> usize {
         (side - 1) / self.stride + 1
     }
+
+    fn check(&self, channels: usize, input: &[f32], shape: [usize; 4]) {
+        assert!(self.stride == 1 || self.stride == 2, "stride 1 or 2");
+        assert!(shape.iter().all(|&side| side > 0), "an empty input");
+        assert_eq!(input.len(), shape.iter().product::<usize>(), "input shape");
+        assert_eq!(self.weights.len(), channels * 9, "3×3 weights per channel");
+        assert!(self.bias.is_none_or(|b| b.len() == channels), "one bias per channel");
+    }
 }
 
 /// `activation(conv(x) + bias)` for `x` of shape `[batch, channels, height, width]`; returns the
 /// output values, `[batch, channels, output_side(height), output_side(width)]`.
 pub fn depthwise_3x3(x: &[f32], shape: [usize; 4], layer: &Depthwise3x3, activation: Activation) -> Vec<f32> {
     let [batch, channels, height, width] = shape;
-    assert!(layer.stride == 1 || layer.stride == 2, "stride 1 or 2");
-    assert!(height > 0 && width > 0, "an empty plane");
-    assert_eq!(x.len(), batch * channels * height * width, "input shape");
-    assert_eq!(layer.weights.len(), channels * 9, "3×3 weights per channel");
-    assert!(layer.bias.is_none_or(|b| b.len() == channels), "one bias per channel");
+    layer.check(channels, x, shape);
     let (out_height, out_width) = (layer.output_side(height), layer.output_side(width));
-    let total = batch * channels * out_height * out_width;
-    let mut out = Vec::with_capacity(total);
     let plane = |(index, out): (usize, &mut [MaybeUninit<f32>])| {
         let channel = index % channels;
         let input = &x[index * height * width..][..height * width];
@@ -43,17 +45,8 @@ pub fn depthwise_3x3(x: &[f32], shape: [usize; 4], layer: &Depthwise3x3, activat
         let bias = layer.bias.map_or(0.0, |b| b[channel]);
         convolve_plane(Plane { input, height, width, weights, bias, stride: layer.stride, activation, out });
     };
-    let plane_size = (out_height * out_width).max(1);
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use rayon::prelude::*;
-        out.spare_capacity_mut()[..total].par_chunks_mut(plane_size).enumerate().for_each(plane);
-    }
-    #[cfg(target_arch = "wasm32")]
-    out.spare_capacity_mut()[..total].chunks_mut(plane_size).enumerate().for_each(plane);
-    // SAFETY: every plane wrote each of its values (`convolve_plane` fills every output row).
-    unsafe { out.set_len(total) };
-    out
+    // SAFETY: `convolve_plane` writes every row of its plane.
+    unsafe { write_chunks_in_parallel(batch * channels * out_height * out_width, out_height * out_width, plane) }
 }
 
 /// One channel plane: the input, its filter, bias and activation, and the output plane to write.
@@ -121,5 +114,66 @@ fn add_row_strided(out: &mut [f32], row: &[f32], [t0, t1, t2]: [f32; 3], stride:
         let left = if centre > 0 { row[centre - 1] } else { 0.0 };
         let right = row.get(centre + 1).copied().unwrap_or(0.0);
         *o += t0 * left + t1 * row[centre] + t2 * right;
+    }
+}
+
+/// [`depthwise_3x3`] for channels-last values, `[batch, height, width, channels]` (TinyViT's
+/// tokens, which would otherwise be transposed to channels-first and back around the layer):
+/// each output pixel starts at the bias and adds its taps' pixels, all channels at once.
+pub fn depthwise_3x3_channels_last(x: &[f32], shape: [usize; 4], layer: &Depthwise3x3, activation: Activation) -> Vec<f32> {
+    let [batch, height, width, channels] = shape;
+    layer.check(channels, x, shape);
+    let (out_height, out_width) = (layer.output_side(height), layer.output_side(width));
+    // Tap-major weights, `[9][channels]`, so each tap is one contiguous multiplier per channel.
+    let taps: Vec<f32> = (0..9).flat_map(|tap| (0..channels).map(move |c| layer.weights[c * 9 + tap])).collect();
+    let zeros = vec![0.0; channels];
+    let bias = layer.bias.unwrap_or(&zeros);
+    let row = |(index, out): (usize, &mut [MaybeUninit<f32>])| {
+        let (image, y) = (index / out_height, index % out_height);
+        let input = &x[image * height * width * channels..][..height * width * channels];
+        convolve_row_channels_last(ChannelsLastRow { input, height, width, channels, taps: &taps, bias, stride: layer.stride, y, activation, out });
+    };
+    // SAFETY: `convolve_row_channels_last` writes every pixel of its row (each starts at the bias).
+    unsafe { write_chunks_in_parallel(batch * out_height * out_width * channels, out_width * channels, row) }
+}
+
+/// One output row of [`depthwise_3x3_channels_last`].
+struct ChannelsLastRow<'a> {
+    input: &'a [f32],
+    height: usize,
+    width: usize,
+    channels: usize,
+    taps: &'a [f32],
+    bias: &'a [f32],
+    stride: usize,
+    y: usize,
+    activation: Activation,
+    out: &'a mut [MaybeUninit<f32>],
+}
+
+widest_vectors! {
+    fn convolve_row_channels_last(row: ChannelsLastRow) = convolve_row_channels_last_portable
+}
+
+#[inline(always)]
+fn convolve_row_channels_last_portable(row: ChannelsLastRow) {
+    let ChannelsLastRow { input, height, width, channels, taps, bias, stride, y, activation, out } = row;
+    let inside = |centre: usize, offset: usize, limit: usize| (centre + offset).checked_sub(1).filter(|&i| i < limit);
+    for (x, slots) in out.chunks_mut(channels).enumerate() {
+        let pixel = slots.write_copy_of_slice(bias);
+        for ky in 0..3 {
+            let Some(source_y) = inside(y * stride, ky, height) else { continue };
+            for kx in 0..3 {
+                let Some(source_x) = inside(x * stride, kx, width) else { continue };
+                let source = &input[(source_y * width + source_x) * channels..][..channels];
+                let weights = &taps[(ky * 3 + kx) * channels..][..channels];
+                for ((o, &s), &w) in pixel.iter_mut().zip(source).zip(weights) {
+                    *o += w * s;
+                }
+            }
+        }
+        if activation == Activation::Gelu {
+            gelu_on_this_thread(pixel);
+        }
     }
 }

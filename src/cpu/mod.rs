@@ -42,7 +42,7 @@ mod matmul;
 mod softmax;
 
 pub use attention::{attention, AttentionShape, HeadLayout, HeadOperand};
-pub use depthwise::{depthwise_3x3, Depthwise3x3};
+pub use depthwise::{depthwise_3x3, depthwise_3x3_channels_last, Depthwise3x3};
 pub use gelu::gelu;
 pub use matmul::{matmul_onto_bias, Activation, Bias, Operand};
 pub use softmax::softmax_rows;
@@ -133,6 +133,26 @@ pub fn fill_uninit(slots: &mut [MaybeUninit<f32>], value: f32) -> &mut [f32] {
     });
     // SAFETY: every slot was just written, and `MaybeUninit<f32>` has `f32`'s layout.
     unsafe { &mut *(slots as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// A buffer of `total` values cut into chunks of `chunk` values (the last may be shorter), each
+/// handed with its index to `write`, on the threads; without a zero-fill first.
+///
+/// # Safety
+/// `write` initialises every value of each chunk it is given.
+unsafe fn write_chunks_in_parallel(total: usize, chunk: usize, write: impl Fn((usize, &mut [MaybeUninit<f32>])) + Send + Sync) -> Vec<f32> {
+    let mut out = Vec::with_capacity(total);
+    let slots = &mut out.spare_capacity_mut()[..total];
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        slots.par_chunks_mut(chunk.max(1)).enumerate().for_each(write);
+    }
+    #[cfg(target_arch = "wasm32")]
+    slots.chunks_mut(chunk.max(1)).enumerate().for_each(write);
+    // SAFETY: the chunks cover the `total` values, and `write` initialised each (the caller's promise).
+    unsafe { out.set_len(total) };
+    out
 }
 
 /// An output buffer that several threads write at once, each its own disjoint part (an

@@ -109,24 +109,31 @@ pub fn pointwise(conv: &Conv2d, x: Tensor<4>, activation: Activation) -> Tensor<
 /// ([`depthwise_3x3`]); any other convolution, or elsewhere, Burn's.
 pub fn depthwise(conv: &Conv2d, x: Tensor<4>, activation: Activation) -> Tensor<4> {
     let [batch, channels, h, w] = x.dims();
+    if !depthwise_3x3_on_plain_cpu(conv, channels) || !on_plain_cpu(&x) {
+        return activation.apply(conv.forward(x));
+    }
+    let device = x.device();
+    let (input, weight) = (CpuValues::of(x), CpuValues::of(conv.weight.val()));
+    let bias = conv.bias.as_ref().map(|b| CpuValues::of(b.val()));
+    let layer = Depthwise3x3 { weights: weight.as_slice(), bias: bias.as_ref().map(CpuValues::as_slice), stride: conv.stride[0] };
+    let out = depthwise_3x3(input.as_slice(), [batch, channels, h, w], &layer, activation);
+    let (out_h, out_w) = (layer.output_side(h), layer.output_side(w));
+    Tensor::from_data(TensorData::new(out, [batch, channels, out_h, out_w]), &device)
+}
+
+/// Whether `conv` is a 3×3 depthwise convolution of `channels` channels (zero padding 1, the
+/// same stride 1 or 2 both ways) whose parameters the CPU kernels can read.
+pub fn depthwise_3x3_on_plain_cpu(conv: &Conv2d, channels: usize) -> bool {
     let weight = conv.weight.val();
     let stride = conv.stride[0];
-    let is_depthwise_3x3 = weight.dims() == [channels, 1, 3, 3]
+    weight.dims() == [channels, 1, 3, 3]
         && conv.groups == channels
         && conv.stride == [stride, stride]
         && (stride == 1 || stride == 2)
         && conv.dilation == [1, 1]
-        && conv.padding == PaddingConfig2d::Explicit(1, 1, 1, 1);
-    if !is_depthwise_3x3 || !on_plain_cpu(&x) || !on_plain_cpu(&weight) || !bias_on_plain_cpu(&conv.bias) {
-        return activation.apply(conv.forward(x));
-    }
-    let device = x.device();
-    let (input, weight) = (CpuValues::of(x), CpuValues::of(weight));
-    let bias = conv.bias.as_ref().map(|b| CpuValues::of(b.val()));
-    let layer = Depthwise3x3 { weights: weight.as_slice(), bias: bias.as_ref().map(CpuValues::as_slice), stride };
-    let out = depthwise_3x3(input.as_slice(), [batch, channels, h, w], &layer, activation);
-    let (out_h, out_w) = (layer.output_side(h), layer.output_side(w));
-    Tensor::from_data(TensorData::new(out, [batch, channels, out_h, out_w]), &device)
+        && conv.padding == PaddingConfig2d::Explicit(1, 1, 1, 1)
+        && on_plain_cpu(&weight)
+        && bias_on_plain_cpu(&conv.bias)
 }
 
 #[cfg(test)]

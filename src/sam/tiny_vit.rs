@@ -12,8 +12,8 @@ use burn::tensor::activation::softmax;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::common::{depthwise, pointwise, LayerNorm2d};
-use crate::cpu::{attention, gelu, linear, linear_then, on_plain_cpu, Activation, AttentionShape, CpuValues, HeadLayout, HeadOperand};
+use super::common::{depthwise, depthwise_3x3_on_plain_cpu, pointwise, LayerNorm2d};
+use crate::cpu::{attention, depthwise_3x3_channels_last, gelu, linear, linear_then, on_plain_cpu, Activation, AttentionShape, CpuValues, Depthwise3x3, HeadLayout, HeadOperand};
 
 /// Shape of the encoder. `Default` is LiteMedSAM's TinyViT-5M.
 #[derive(Debug, Clone)]
@@ -387,36 +387,115 @@ impl TinyVitBlock {
 
     /// `x`: `[B, H*W, C]`.
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [batch, len, channels] = x.dims();
-        let side = self.resolution;
-        let window = self.attn.window_size;
-        let pad = (window - side % window) % window;
-        let padded = side + pad;
-        let per_side = padded / window;
-
-        // Zero-pad the grid to whole windows (bottom/right), attend per window, undo.
-        let grid = x.clone().reshape([batch, side, side, channels]);
-        let grid = if pad > 0 {
-            grid.pad([(0, pad), (0, pad), (0, 0)], PadMode::Constant(0.0))
-        } else {
-            grid
-        };
-        let windows = grid
-            .reshape([batch, per_side, window, per_side, window, channels])
-            .swap_dims(2, 3)
-            .reshape([batch * per_side * per_side, window * window, channels]);
-        let attended = self
-            .attn
-            .forward(windows)
-            .reshape([batch, per_side, per_side, window, window, channels])
-            .swap_dims(2, 3)
-            .reshape([batch, padded, padded, channels]);
-        let attended = if pad > 0 { attended.slice([0..batch, 0..side, 0..side, 0..channels]) } else { attended };
-        let x = x + attended.reshape([batch, len, channels]);
-
-        let spatial = x.swap_dims(1, 2).reshape([batch, channels, side, side]);
-        let x = depthwise(&self.local_conv, spatial, Activation::Identity).reshape([batch, channels, len]).swap_dims(1, 2);
+        let [batch, _, channels] = x.dims();
+        let grid = WindowGrid { batch, side: self.resolution, window: self.attn.window_size, channels };
+        let attended = grid.merge(self.attn.forward(grid.partition(x.clone())));
+        let x = self.convolve_locally(x + attended);
         x.clone() + self.mlp.forward(x)
+    }
+
+    /// The depthwise `local_conv` over the token grid `[B, side², C]`: on the CPU straight on the
+    /// tokens (channels-last); elsewhere Burn's convolution, channels-first.
+    fn convolve_locally(&self, x: Tensor<3>) -> Tensor<3> {
+        if depthwise_3x3_on_plain_cpu(&self.local_conv, x.dims()[2]) && on_plain_cpu(&x) {
+            self.convolve_locally_on_the_cpu(x)
+        } else {
+            self.convolve_locally_with_burn_ops(x)
+        }
+    }
+
+    fn convolve_locally_on_the_cpu(&self, x: Tensor<3>) -> Tensor<3> {
+        let ([batch, _, channels], side, device) = (x.dims(), self.resolution, x.device());
+        let (input, weight) = (CpuValues::of(x), CpuValues::of(self.local_conv.weight.val()));
+        let bias = self.local_conv.bias.as_ref().map(|b| CpuValues::of(b.val()));
+        let layer = Depthwise3x3 { weights: weight.as_slice(), bias: bias.as_ref().map(CpuValues::as_slice), stride: self.local_conv.stride[0] };
+        let out = depthwise_3x3_channels_last(input.as_slice(), [batch, side, side, channels], &layer, Activation::Identity);
+        let out_side = layer.output_side(side);
+        Tensor::from_data(TensorData::new(out, [batch, out_side * out_side, channels]), &device)
+    }
+
+    fn convolve_locally_with_burn_ops(&self, x: Tensor<3>) -> Tensor<3> {
+        let ([batch, len, channels], side) = (x.dims(), self.resolution);
+        let spatial = x.swap_dims(1, 2).reshape([batch, channels, side, side]);
+        self.local_conv.forward(spatial).reshape([batch, channels, len]).swap_dims(1, 2)
+    }
+}
+
+/// A `side × side` token grid cut into `window × window` windows, zero-padded at the bottom and
+/// right to whole windows.
+struct WindowGrid {
+    batch: usize,
+    side: usize,
+    window: usize,
+    channels: usize,
+}
+
+impl WindowGrid {
+    fn per_side(&self) -> usize {
+        self.side.div_ceil(self.window)
+    }
+
+    /// `[B, side², C]` → `[B·windows, window², C]`.
+    fn partition(&self, x: Tensor<3>) -> Tensor<3> {
+        if on_plain_cpu(&x) { self.partition_on_the_cpu(x) } else { self.partition_with_burn_ops(x) }
+    }
+
+    /// The inverse of [`Self::partition`], dropping the padding.
+    fn merge(&self, windows: Tensor<3>) -> Tensor<3> {
+        if on_plain_cpu(&windows) { self.merge_on_the_cpu(windows) } else { self.merge_with_burn_ops(windows) }
+    }
+
+    fn windows_shape(&self) -> [usize; 3] {
+        [self.batch * self.per_side() * self.per_side(), self.window * self.window, self.channels]
+    }
+
+    fn tokens_shape(&self) -> [usize; 3] {
+        [self.batch, self.side * self.side, self.channels]
+    }
+
+    /// One copy per token, the padding left at zero: Burn's pad, window permute and reshape
+    /// were three passes over the grid.
+    fn partition_on_the_cpu(&self, x: Tensor<3>) -> Tensor<3> {
+        let (shape, channels, device) = (self.windows_shape(), self.channels, x.device());
+        let tokens = CpuValues::of(x);
+        let mut windows = vec![0.0; shape.iter().product()];
+        self.copy_tokens(|token, cell| windows[cell..][..channels].copy_from_slice(&tokens.as_slice()[token..][..channels]));
+        Tensor::from_data(TensorData::new(windows, shape), &device)
+    }
+
+    fn merge_on_the_cpu(&self, windows: Tensor<3>) -> Tensor<3> {
+        let (shape, channels, device) = (self.tokens_shape(), self.channels, windows.device());
+        let cells = CpuValues::of(windows);
+        let mut tokens = vec![0.0; shape.iter().product()];
+        self.copy_tokens(|token, cell| tokens[token..][..channels].copy_from_slice(&cells.as_slice()[cell..][..channels]));
+        Tensor::from_data(TensorData::new(tokens, shape), &device)
+    }
+
+    fn partition_with_burn_ops(&self, x: Tensor<3>) -> Tensor<3> {
+        let Self { batch, side, window, channels } = *self;
+        let (per_side, padded) = (self.per_side(), self.per_side() * window);
+        let grid = x.reshape([batch, side, side, channels]);
+        let grid = grid.pad([(0, padded - side), (0, padded - side), (0, 0)], PadMode::Constant(0.0));
+        grid.reshape([batch, per_side, window, per_side, window, channels]).swap_dims(2, 3).reshape(self.windows_shape())
+    }
+
+    fn merge_with_burn_ops(&self, windows: Tensor<3>) -> Tensor<3> {
+        let Self { batch, side, window, channels } = *self;
+        let (per_side, padded) = (self.per_side(), self.per_side() * window);
+        let grid = windows.reshape([batch, per_side, per_side, window, window, channels]).swap_dims(2, 3).reshape([batch, padded, padded, channels]);
+        grid.slice([0..batch, 0..side, 0..side, 0..channels]).reshape(self.tokens_shape())
+    }
+
+    /// Calls `copy(token offset, window cell offset)` for every token of the grid: where its
+    /// channels start in `[B, side², C]` and in `[B·windows, window², C]`.
+    fn copy_tokens(&self, mut copy: impl FnMut(usize, usize)) {
+        let Self { batch, side, window, channels } = *self;
+        let per_side = self.per_side();
+        for (b, y, x) in (0..batch).flat_map(|b| (0..side).flat_map(move |y| (0..side).map(move |x| (b, y, x)))) {
+            let window_index = (b * per_side + y / window) * per_side + x / window;
+            let cell = window_index * window * window + (y % window) * window + x % window;
+            copy(((b * side + y) * side + x) * channels, cell * channels);
+        }
     }
 }
 
@@ -442,6 +521,35 @@ mod tests {
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
             assert!(worst < 1e-5, "max |Δ| {worst}");
         }
+    }
+
+    /// Window partition and merge on the CPU against Burn's pad and permutes, on a grid that
+    /// needs padding, two images; and the merge undoes the partition.
+    #[test]
+    fn cpu_windows_equal_burns() {
+        let device = Device::flex();
+        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+        let grid = WindowGrid { batch: 2, side: 9, window: 4, channels: 3 };
+        let x = Tensor::<3>::random(grid.tokens_shape(), normal, &device);
+        let windows = grid.partition_on_the_cpu(x.clone());
+        assert_eq!(windows.clone().into_data(), grid.partition_with_burn_ops(x.clone()).into_data());
+        assert_eq!(grid.merge_on_the_cpu(windows.clone()).into_data(), x.into_data());
+        let other = Tensor::<3>::random(grid.windows_shape(), normal, &device);
+        assert_eq!(grid.merge_on_the_cpu(other.clone()).into_data(), grid.merge_with_burn_ops(other).into_data());
+    }
+
+    /// The channels-last local convolution against Burn's channels-first one.
+    #[test]
+    fn cpu_local_convolution_equals_burns() {
+        let device = Device::flex();
+        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+        let block = TinyVitBlock::new(10, 2, 3, 2, 7, &device);
+        let local_conv = Conv2d { weight: block.local_conv.weight.map(|t| t.random_like(normal)), bias: block.local_conv.bias.map(|b| b.map(|t| t.random_like(normal))), ..block.local_conv };
+        let block = TinyVitBlock { local_conv, ..block };
+        let x = Tensor::<3>::random([2, 49, 10], normal, &device);
+        let ours = block.convolve_locally_on_the_cpu(x.clone());
+        let burns = block.convolve_locally_with_burn_ops(x);
+        assert!(crate::cpu::tests::max_relative_difference(ours, burns) < 1e-5);
     }
 
     #[test]
