@@ -36,14 +36,18 @@ macro_rules! widest_vectors {
 }
 
 mod attention;
+mod conv_transpose;
 mod depthwise;
 mod gelu;
+mod layer_norm;
 mod matmul;
 mod softmax;
 
 pub use attention::{attention, AttentionShape, HeadLayout, HeadOperand};
+pub use conv_transpose::conv_transpose_2x2;
 pub use depthwise::{depthwise_3x3, depthwise_3x3_channels_last, Depthwise3x3};
 pub use gelu::gelu;
+pub use layer_norm::{layer_norm_over_channels, ChannelNorm};
 pub use matmul::{matmul_onto_bias, Activation, Bias, Operand};
 pub use softmax::softmax_rows;
 

@@ -5,10 +5,10 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use burn::nn::conv::Conv2d;
+use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::nn::PaddingConfig2d;
 
-use crate::cpu::{bias_on_plain_cpu, depthwise_3x3, linear, matmul_onto_bias, on_plain_cpu, Activation, Bias, CpuValues, Depthwise3x3, Operand};
+use crate::cpu::{bias_on_plain_cpu, conv_transpose_2x2, depthwise_3x3, layer_norm_over_channels, ChannelNorm, linear, matmul_onto_bias, on_plain_cpu, Activation, Bias, CpuValues, Depthwise3x3, Operand};
 
 /// Layer norm over the channel axis of an NCHW tensor (ConvNeXt / detectron2 `LayerNorm2d`).
 #[derive(Module, Debug)]
@@ -28,6 +28,23 @@ impl LayerNorm2d {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_then(x, Activation::Identity)
+    }
+
+    /// The norm, then `activation`: on the CPU in one kernel ([`layer_norm_over_channels`]).
+    pub fn forward_then(&self, x: Tensor<4>, activation: Activation) -> Tensor<4> {
+        let (gamma, beta) = (self.gamma.val(), self.beta.val());
+        if [on_plain_cpu(&x), on_plain_cpu(&gamma), on_plain_cpu(&beta)] == [true; 3] {
+            let ([batch, channels, h, w], device) = (x.dims(), x.device());
+            let (x, gamma, beta) = (CpuValues::of(x), CpuValues::of(gamma), CpuValues::of(beta));
+            let norm = ChannelNorm { gamma: gamma.as_slice(), beta: beta.as_slice(), epsilon: self.epsilon as f32 };
+            let out = layer_norm_over_channels(x.as_slice(), [batch, channels, h * w], &norm, activation);
+            return Tensor::from_data(TensorData::new(out, [batch, channels, h, w]), &device);
+        }
+        activation.apply(self.forward_with_burn_ops(x))
+    }
+
+    fn forward_with_burn_ops(&self, x: Tensor<4>) -> Tensor<4> {
         let channels = self.gamma.dims()[0];
         let centred = x.clone() - x.mean_dim(1);
         let variance = centred.clone().square().mean_dim(1);
@@ -104,6 +121,26 @@ pub fn pointwise(conv: &Conv2d, x: Tensor<4>, activation: Activation) -> Tensor<
     Tensor::from_data(TensorData::new(out.unwrap_or_default(), [batch, c_out, h, w]), &device)
 }
 
+/// A 2×2, stride-2 transposed convolution (SAM's mask upscaling), then the activation: on the
+/// CPU as one matrix product ([`conv_transpose_2x2`]); any other one, or elsewhere, Burn's.
+pub fn upscale_2x2(conv: &ConvTranspose2d, x: Tensor<4>, activation: Activation) -> Tensor<4> {
+    let weight = conv.weight.val();
+    let is_2x2_upscale = conv.kernel_size == [2, 2]
+        && conv.stride == [2, 2]
+        && conv.padding == [0, 0]
+        && conv.padding_out == [0, 0]
+        && conv.dilation == [1, 1]
+        && conv.groups == 1;
+    if !is_2x2_upscale || !on_plain_cpu(&x) || !on_plain_cpu(&weight) || !bias_on_plain_cpu(&conv.bias) {
+        return activation.apply(conv.forward(x));
+    }
+    let ([batch, c_in, h, w], c_out, device) = (x.dims(), weight.dims()[1], x.device());
+    let (input, weight) = (CpuValues::of(x), CpuValues::of(weight));
+    let bias = conv.bias.as_ref().map(|b| CpuValues::of(b.val()));
+    let out = conv_transpose_2x2(input.as_slice(), [batch, c_in, h, w], weight.as_slice(), bias.as_ref().map(CpuValues::as_slice), activation);
+    Tensor::from_data(TensorData::new(out, [batch, c_out, 2 * h, 2 * w]), &device)
+}
+
 /// A 3×3 depthwise convolution (one filter per channel, zero padding 1, stride 1 or 2) of an
 /// NCHW tensor, then the activation: on the CPU in one pass per channel plane
 /// ([`depthwise_3x3`]); any other convolution, or elsewhere, Burn's.
@@ -176,6 +213,24 @@ mod tests {
             let burns = burns_activation(activation, conv.forward(x.clone()));
             let ours = depthwise(&conv, x, activation);
             assert!(max_relative_difference(ours, burns) < 1e-5, "stride {stride}, {h}×{w}");
+        }
+    }
+
+    /// The CPU upscaling against Burn's transposed convolution, and the CPU LayerNorm2d against
+    /// its Burn ops, each with and without GELU, on two images.
+    #[test]
+    fn upscaling_and_its_norm_on_the_cpu_equal_burns() {
+        let device = Device::flex();
+        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+        let conv = burn::nn::conv::ConvTranspose2dConfig::new([6, 5], [2, 2]).with_stride([2, 2]).init(&device);
+        let conv = ConvTranspose2d { bias: conv.bias.map(|b| b.map(|t| t.random_like(normal))), ..conv };
+        let norm = LayerNorm2d { gamma: Param::from_tensor(Tensor::random([5], normal, &device)), beta: Param::from_tensor(Tensor::random([5], normal, &device)), epsilon: 1e-6 };
+        let x = Tensor::<4>::random([2, 6, 7, 9], normal, &device);
+        for activation in [Activation::Identity, Activation::Gelu] {
+            let up = upscale_2x2(&conv, x.clone(), activation);
+            assert!(max_relative_difference(up.clone(), burns_activation(activation, conv.forward(x.clone()))) < 1e-5);
+            let burns = burns_activation(activation, norm.forward_with_burn_ops(up.clone()));
+            assert!(max_relative_difference(norm.forward_then(up, activation), burns) < 1e-5);
         }
     }
 

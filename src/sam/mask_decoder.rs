@@ -5,8 +5,8 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{ConvTranspose2d, ConvTranspose2dConfig};
 use burn::tensor::{Device, Tensor};
 
-use super::common::{LayerNorm2d, Mlp};
-use crate::cpu::gelu;
+use super::common::{upscale_2x2, LayerNorm2d, Mlp};
+use crate::cpu::Activation;
 use super::two_way_transformer::{TwoWayTransformer, TwoWayTransformerConfig};
 
 #[derive(Debug, Clone)]
@@ -94,8 +94,9 @@ impl MaskDecoder {
         let (tokens, src) = self.transformer.forward(src, image_pe, tokens);
 
         let src = src.swap_dims(1, 2).reshape([b, c, h, w]);
-        let upscaled = gelu(self.upscale_norm.forward(self.upscale_conv1.forward(src)));
-        let upscaled = gelu(self.upscale_conv2.forward(upscaled));
+        let upscaled = upscale_2x2(&self.upscale_conv1, src, Activation::Identity);
+        let upscaled = self.upscale_norm.forward_then(upscaled, Activation::Gelu);
+        let upscaled = upscale_2x2(&self.upscale_conv2, upscaled, Activation::Gelu);
         let [_, up_c, up_h, up_w] = upscaled.dims();
 
         let hyper_in = Tensor::cat(

@@ -8,7 +8,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::{Device, Int, Tensor};
 
 use super::common::LayerNorm2d;
-use crate::cpu::gelu;
+use crate::cpu::Activation;
 
 /// Label of a point prompt, with SAM's numeric codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,8 +177,8 @@ impl PromptEncoder {
         let side = self.embedding_size;
         match mask {
             Some(mask) => {
-                let x = gelu(self.mask_norm1.forward(self.mask_conv1.forward(mask)));
-                let x = gelu(self.mask_norm2.forward(self.mask_conv2.forward(x)));
+                let x = self.mask_norm1.forward_then(self.mask_conv1.forward(mask), Activation::Gelu);
+                let x = self.mask_norm2.forward_then(self.mask_conv2.forward(x), Activation::Gelu);
                 self.mask_conv3.forward(x)
             }
             None => self
