@@ -11,7 +11,12 @@ widest_vectors! {
 fn softmax_rows_portable(scores: &mut [f32], width: usize) {
     for row in scores.chunks_mut(width) {
         let max = across_lanes(row, f32::NEG_INFINITY, |m, s| if s > m { s } else { m });
-        row.iter_mut().for_each(|s| *s = exp_at_most_zero(*s - max));
+        row.iter_mut().for_each(|s| *s -= max);
+    }
+    // One loop over every row at once: rows narrower than a vector (the decoder's 7 tokens)
+    // vectorise too.
+    scores.iter_mut().for_each(|s| *s = exp_at_most_zero(*s));
+    for row in scores.chunks_mut(width) {
         let scale = 1.0 / across_lanes(row, 0.0, |sum, s| sum + s);
         row.iter_mut().for_each(|s| *s *= scale);
     }
@@ -23,6 +28,9 @@ fn softmax_rows_portable(scores: &mut [f32], width: usize) {
 #[inline(always)]
 fn across_lanes(values: &[f32], start: f32, fold: impl Fn(f32, f32) -> f32) -> f32 {
     const LANES: usize = 16;
+    if values.len() < LANES {
+        return values.iter().fold(start, |acc, &value| fold(acc, value));
+    }
     let mut lanes = [start; LANES];
     let chunks = values.chunks_exact(LANES);
     let rest = chunks.remainder();

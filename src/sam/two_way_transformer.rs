@@ -164,8 +164,13 @@ impl TwoWayTransformer {
     /// `image`: `[B, C, H, W]`; `image_pe`: `[1 or B, H*W, C]`; `tokens`: `[B, N, C]`.
     /// Returns the updated tokens `[B, N, C]` and image cells `[B, H*W, C]`.
     pub fn forward(&self, image: Tensor<4>, keys_pe: Tensor<3>, tokens: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
-        let [b, c, h, w] = image.dims();
+        let ([b, c, h, w], image_device) = (image.dims(), image.device());
         let mut keys = image.reshape([b, c, h * w]).swap_dims(1, 2);
+        if on_plain_cpu(&keys) {
+            // Gathered once: as a swapped view, each of the first layer's three reads of the
+            // keys (+ PE, v projection, residual) walked it with strides, ~1 ms apiece.
+            keys = Tensor::from_data(keys.into_data(), &image_device);
+        }
         let mut queries = tokens.clone();
         for layer in &self.layers {
             (queries, keys) = layer.forward(queries, keys, tokens.clone(), keys_pe.clone());
