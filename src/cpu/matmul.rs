@@ -80,10 +80,10 @@ pub fn matmul_onto_bias(lhs: Operand, rhs: Operand, bias: Option<Bias>, activati
     #[cfg(not(target_arch = "wasm32"))]
     {
         use rayon::prelude::*;
-        if tiles > 1 {
-            (0..tiles).into_par_iter().for_each(tile);
-        } else {
-            tile(0);
+        match tiles {
+            0 => {}
+            1 => tile(0),
+            _ => (0..tiles).into_par_iter().for_each(tile),
         }
     }
     #[cfg(target_arch = "wasm32")]
@@ -168,5 +168,19 @@ mod tests {
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0.0f32, f32::max);
             assert!(worst < 1e-5, "{activation:?}: max relative difference {worst}");
         }
+    }
+
+    /// Empty products (a prompt with no points gives a layer no rows) are empty, and an empty
+    /// inner dimension leaves the bias.
+    #[test]
+    fn empty_products() {
+        fn operand(values: &[f32], rows: usize, columns: usize) -> Operand<'_> {
+            Operand { values, rows, columns }
+        }
+        let none: [f32; 0] = [];
+        assert!(matmul_onto_bias(operand(&none, 0, 4), operand(&[1.0; 8], 4, 2), Some(Bias::PerColumn(&[1.0, 2.0])), Activation::Gelu).is_empty());
+        assert!(matmul_onto_bias(operand(&[1.0; 8], 2, 4), operand(&none, 4, 0), None, Activation::Identity).is_empty());
+        let bias_only = matmul_onto_bias(operand(&none, 2, 0), operand(&none, 0, 3), Some(Bias::PerRow(&[5.0, 6.0])), Activation::Identity);
+        assert_eq!(bias_only, [5.0, 5.0, 5.0, 6.0, 6.0, 6.0]);
     }
 }
