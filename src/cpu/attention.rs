@@ -4,7 +4,7 @@
 //! a fresh buffer, and move the heads into their own axis and back.
 
 use super::softmax::softmax_rows;
-use super::SharedOutput;
+use super::{run_tasks, SharedOutput};
 
 /// Where an operand's heads lie in its row-major values: head `h` of token `t` of batch `b` is
 /// the `head_dim` values from `(b·tokens + t)·row_stride + first + h·head_stride`.
@@ -96,17 +96,7 @@ pub fn attention(q: HeadOperand, k: HeadOperand, v: HeadOperand, bias: Option<&[
             );
         }
     };
-    let tasks = batches * heads * blocks;
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use rayon::prelude::*;
-        (0..tasks).into_par_iter().for_each_init(Vec::new, task);
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        let mut scores = Vec::new();
-        (0..tasks).for_each(|index| task(&mut scores, index));
-    }
+    run_tasks(batches * heads * blocks, Vec::new, task);
     // SAFETY: the tasks cover every (batch, query, head) and `gemm` wrote each one's values.
     unsafe { out.set_len(total) };
     out

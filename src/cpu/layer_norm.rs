@@ -6,7 +6,7 @@ use std::mem::MaybeUninit;
 
 use super::gelu::gelu_on_this_thread;
 use super::matmul::Activation;
-use super::SharedOutput;
+use super::{run_tasks, SharedOutput};
 
 /// Pixels per task.
 const PIXEL_BLOCK: usize = 256;
@@ -33,13 +33,7 @@ pub fn layer_norm_over_channels(x: &[f32], shape: [usize; 3], norm: &ChannelNorm
         let offset = image * channels * pixels + first;
         normalise_block(Block { x: &x[offset..], pixels, channels, count, norm, activation, out: target, offset });
     };
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use rayon::prelude::*;
-        (0..batch * blocks).into_par_iter().for_each(task);
-    }
-    #[cfg(target_arch = "wasm32")]
-    (0..batch * blocks).for_each(task);
+    run_tasks(batch * blocks, || (), |_, index| task(index));
     // SAFETY: the blocks cover every pixel of every image, and each wrote all its channels.
     unsafe { out.set_len(x.len()) };
     out

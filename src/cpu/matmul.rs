@@ -8,7 +8,7 @@ use std::mem::MaybeUninit;
 
 use burn::tensor::Tensor;
 
-use super::{fill_uninit, SharedOutput};
+use super::{fill_uninit, run_tasks, SharedOutput};
 use super::gelu::{gelu, gelu_on_this_thread};
 
 /// A row-major matrix.
@@ -77,17 +77,7 @@ pub fn matmul_onto_bias(lhs: Operand, rhs: Operand, bias: Option<Bias>, activati
         // handed to one call only.
         unsafe { compute_tile(&lhs, &rhs, &bias, activation, target, [row, column], [rows, columns]) };
     };
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use rayon::prelude::*;
-        match tiles {
-            0 => {}
-            1 => tile(0),
-            _ => (0..tiles).into_par_iter().for_each(tile),
-        }
-    }
-    #[cfg(target_arch = "wasm32")]
-    (0..tiles).for_each(tile);
+    run_tasks(tiles, || (), |_, index| tile(index));
     // SAFETY: the tiles cover the m×n values, and each tile wrote all of its own.
     unsafe { out.set_len(m * n) };
     out

@@ -159,6 +159,20 @@ unsafe fn write_chunks_in_parallel(total: usize, chunk: usize, write: impl Fn((u
     out
 }
 
+/// Runs `task(scratch, index)` for every index below `count` on the threads (in turn on wasm,
+/// which has one), each thread with scratch space of its own from `init`; a single task runs on
+/// the calling thread.
+fn run_tasks<S>(count: usize, init: impl Fn() -> S + Send + Sync, task: impl Fn(&mut S, usize) + Send + Sync) {
+    #[cfg(not(target_arch = "wasm32"))]
+    if count > 1 {
+        use rayon::prelude::*;
+        (0..count).into_par_iter().for_each_init(init, task);
+        return;
+    }
+    let mut scratch = init();
+    (0..count).for_each(|index| task(&mut scratch, index));
+}
+
 /// An output buffer that several threads write at once, each its own disjoint part (an
 /// output tile, a head's columns of some rows): the kernels' callers guarantee the parts are
 /// disjoint and inside the buffer.

@@ -150,12 +150,20 @@ pub fn depthwise(conv: &Conv2d, x: Tensor<4>, activation: Activation) -> Tensor<
         return activation.apply(conv.forward(x));
     }
     let device = x.device();
-    let (input, weight) = (CpuValues::of(x), CpuValues::of(conv.weight.val()));
+    let input = CpuValues::of(x);
+    with_depthwise_3x3(conv, |layer| {
+        let out = depthwise_3x3(input.as_slice(), [batch, channels, h, w], layer, activation);
+        let (out_h, out_w) = (layer.output_side(h), layer.output_side(w));
+        Tensor::from_data(TensorData::new(out, [batch, channels, out_h, out_w]), &device)
+    })
+}
+
+/// Runs `run` on `conv`'s parameters as the CPU kernels read them (see
+/// [`depthwise_3x3_on_plain_cpu`]).
+pub fn with_depthwise_3x3<R>(conv: &Conv2d, run: impl FnOnce(&Depthwise3x3) -> R) -> R {
+    let weight = CpuValues::of(conv.weight.val());
     let bias = conv.bias.as_ref().map(|b| CpuValues::of(b.val()));
-    let layer = Depthwise3x3 { weights: weight.as_slice(), bias: bias.as_ref().map(CpuValues::as_slice), stride: conv.stride[0] };
-    let out = depthwise_3x3(input.as_slice(), [batch, channels, h, w], &layer, activation);
-    let (out_h, out_w) = (layer.output_side(h), layer.output_side(w));
-    Tensor::from_data(TensorData::new(out, [batch, channels, out_h, out_w]), &device)
+    run(&Depthwise3x3 { weights: weight.as_slice(), bias: bias.as_ref().map(CpuValues::as_slice), stride: conv.stride[0] })
 }
 
 /// Whether `conv` is a 3×3 depthwise convolution of `channels` channels (zero padding 1, the

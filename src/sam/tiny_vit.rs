@@ -12,8 +12,8 @@ use burn::tensor::activation::softmax;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::common::{depthwise, depthwise_3x3_on_plain_cpu, pointwise, LayerNorm2d};
-use crate::cpu::{attention, depthwise_3x3_channels_last, gelu, linear, linear_then, on_plain_cpu, Activation, AttentionShape, CpuValues, Depthwise3x3, HeadLayout, HeadOperand};
+use super::common::{depthwise, depthwise_3x3_on_plain_cpu, pointwise, with_depthwise_3x3, LayerNorm2d};
+use crate::cpu::{attention, depthwise_3x3_channels_last, gelu, linear, linear_then, on_plain_cpu, Activation, AttentionShape, CpuValues, HeadLayout, HeadOperand};
 
 /// Shape of the encoder. `Default` is LiteMedSAM's TinyViT-5M.
 #[derive(Debug, Clone)]
@@ -406,12 +406,12 @@ impl TinyVitBlock {
 
     fn convolve_locally_on_the_cpu(&self, x: Tensor<3>) -> Tensor<3> {
         let ([batch, _, channels], side, device) = (x.dims(), self.resolution, x.device());
-        let (input, weight) = (CpuValues::of(x), CpuValues::of(self.local_conv.weight.val()));
-        let bias = self.local_conv.bias.as_ref().map(|b| CpuValues::of(b.val()));
-        let layer = Depthwise3x3 { weights: weight.as_slice(), bias: bias.as_ref().map(CpuValues::as_slice), stride: self.local_conv.stride[0] };
-        let out = depthwise_3x3_channels_last(input.as_slice(), [batch, side, side, channels], &layer, Activation::Identity);
-        let out_side = layer.output_side(side);
-        Tensor::from_data(TensorData::new(out, [batch, out_side * out_side, channels]), &device)
+        let input = CpuValues::of(x);
+        with_depthwise_3x3(&self.local_conv, |layer| {
+            let out = depthwise_3x3_channels_last(input.as_slice(), [batch, side, side, channels], layer, Activation::Identity);
+            let out_side = layer.output_side(side);
+            Tensor::from_data(TensorData::new(out, [batch, out_side * out_side, channels]), &device)
+        })
     }
 
     fn convolve_locally_with_burn_ops(&self, x: Tensor<3>) -> Tensor<3> {
